@@ -35,6 +35,7 @@ __all__ = [
     "vmf_log_normalizer",
     "kde_log_density",
     "kde_entropy",
+    "relative_kde_entropy",
     "normalized_entropy",
     "marginal_entropy",
     "conditional_entropy",
@@ -277,6 +278,24 @@ def kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = 
     return _reduce(_constant_free_kde(z, kappa, leave_one_out), estimator) - log_c
 
 
+def relative_kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe",
+                         leave_one_out: bool = False, check: bool = True) -> Tensor:
+    r"""KDE entropy without the vMF constant, :math:`\tilde H = \hat H + \log C_d(\kappa)` (the part that moves).
+
+    .. math:: \tilde H_{\mathrm{Joe}} = -\frac1k\sum_i \mathrm{LSE}_j(\kappa z_i^\top z_j) + \log k
+              \;\in\;[-\kappa,\ \log k-\kappa]\quad\text{(self-term)}.
+
+    Same gradients as :func:`kde_entropy`; it is the form training losses use, since the constant cancels against
+    the reconstruction's (:func:`er_bound`) and would only cost float32 precision.
+    """
+    _check_choice(estimator, ("joe", "plugin"), "estimator")
+    z = _as_float(z, "z")
+    if check:
+        _check_kappa(kappa)
+        _check_unit_rows(z, "z")
+    return _reduce(_constant_free_kde(z, kappa, leave_one_out), estimator)
+
+
 def normalized_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe",
                        check: bool = True) -> Tensor:
     r"""Normalised KDE entropy :math:`\eta\in[0,1]` of a batch of unit vectors (self-term estimator).
@@ -288,12 +307,7 @@ def normalized_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estim
     the dimension's constant, so curves from different d or κ share an axis; it does depend on the batch size k, so
     compare curves on a fixed monitor batch.
     """
-    _check_choice(estimator, ("joe", "plugin"), "estimator")
-    z = _as_float(z, "z")
-    if check:
-        _check_kappa(kappa)
-        _check_unit_rows(z, "z")
-    h_tilde = _reduce(_constant_free_kde(z, kappa, leave_one_out=False), estimator)
+    h_tilde = relative_kde_entropy(z, kappa, estimator, leave_one_out=False, check=check)
     return (h_tilde + kappa) / math.log(z.shape[0])
 
 
@@ -401,8 +415,7 @@ def er_bound(z1: Tensor, z2: Tensor, kappa: float | Tensor = 10.0, estimator: Es
         _check_same_shape(z1, z2, "z1", "z2")
         _check_unit_rows(z1, "z1")
         _check_unit_rows(z2, "z2")
-    entropy_free = _reduce(_constant_free_kde(z2, kappa, leave_one_out), estimator)
-    return entropy_free + kappa * (z1 * z2).sum(dim=1).mean()
+    return relative_kde_entropy(z2, kappa, estimator, leave_one_out, check=False) + kappa * (z1 * z2).sum(dim=1).mean()
 
 
 def infonce_from_scores(scores: Tensor) -> Tensor:

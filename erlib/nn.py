@@ -1,0 +1,134 @@
+"""Networks: backbones (ResNets with an optional CIFAR stem, a tiny ConvNet for CPU teaching runs) and heads.
+
+Heads: :class:`MLP` (projector / predictor), :class:`Prototypes` (a bias-free linear layer whose rows are unit
+vectors), :class:`DINOHead` (MLP → bottleneck → L2-normalise → weight-normalised linear layer).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["BACKBONES", "build_backbone", "TinyConvNet", "MLP", "Prototypes", "DINOHead"]
+
+
+class TinyConvNet(nn.Module):
+    """A small ConvNet (4 conv–BN–ReLU blocks, global average pool) for CPU teaching runs on 32 px images."""
+
+    def __init__(self, width: int = 32, in_channels: int = 3):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = chans[-1]
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.features(x)
+
+
+def _resnet(depth: int, cifar_stem: bool) -> nn.Module:
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    if cifar_stem:  # 3x3 stride-1 first convolution and no max-pool: the usual stem for 32 px images
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    net.out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+BACKBONES = {
+    "convnet_tiny": lambda: TinyConvNet(32),
+    "resnet18_cifar": lambda: _resnet(18, True),
+    "resnet34_cifar": lambda: _resnet(34, True),
+    "resnet50_cifar": lambda: _resnet(50, True),
+    "resnet18": lambda: _resnet(18, False),
+    "resnet34": lambda: _resnet(34, False),
+    "resnet50": lambda: _resnet(50, False),
+}
+
+
+def build_backbone(name: str) -> nn.Module:
+    """A backbone by name (see :data:`BACKBONES`); its feature dimension is ``.out_dim``."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    return BACKBONES[name]()
+
+
+class MLP(nn.Sequential):
+    """Linear–BN–ReLU blocks then a final linear layer (SimCLR / BYOL projector, BYOL predictor).
+
+    ``layers`` counts linear layers; ``last_bn`` adds a (non-affine) BN after the last one, as SimCLR v2 does.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, bn: bool = True,
+                 last_bn: bool = False):
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        mods: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (layers - 1)
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            mods += [nn.Linear(d_in, d_out, bias=not bn), *([nn.BatchNorm1d(d_out)] if bn else []), nn.ReLU(True)]
+        mods.append(nn.Linear(dims[-1], out_dim))
+        if last_bn:
+            mods.append(nn.BatchNorm1d(out_dim, affine=False))
+        super().__init__(*mods)
+
+
+class Prototypes(nn.Module):
+    r"""K prototype vectors :math:`c_k` (rows of a bias-free linear layer); scores :math:`s = \bar z^\top c_k`."""
+
+    def __init__(self, dim: int, num_prototypes: int):
+        super().__init__()
+        self.weight = nn.Parameter(F.normalize(torch.randn(num_prototypes, dim), dim=1))
+
+    def forward(self, z: Tensor, detach: bool = False) -> Tensor:
+        """Scores [B, K]; ``detach=True`` keeps gradients away from the prototypes (frozen iterations)."""
+        w = self.weight.detach() if detach else self.weight
+        return z @ w.T
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """Project every prototype back onto the unit sphere (SwAV does this every iteration)."""
+        self.weight.copy_(F.normalize(self.weight, dim=1))
+
+
+class DINOHead(nn.Module):
+    r"""DINO's head: MLP (GELU) → bottleneck → :math:`\ell_2`-normalise → weight-normalised linear layer to K logits.
+
+    ``norm_last_layer=True`` fixes the weight norm's scale g to 1, so the last layer's rows stay unit vectors
+    (prototypes) and the logits are cosines. :meth:`embed` returns the normalised bottleneck (for the ER metrics).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 layers: int = 3, use_bn: bool = False, norm_last_layer: bool = True):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (layers - 1)
+        mods: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            mods += [nn.Linear(d_in, d_out), *([nn.BatchNorm1d(d_out)] if use_bn else []), nn.GELU()]
+        mods.append(nn.Linear(dims[-1], bottleneck_dim))
+        self.mlp = nn.Sequential(*mods)
+        last = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.last_layer = nn.utils.parametrizations.weight_norm(last)
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
+        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The normalised bottleneck features [B, bottleneck_dim]."""
+        return F.normalize(self.mlp(x), dim=1)
+
+    def logits(self, e: Tensor, detach_last_layer: bool = False) -> Tensor:
+        """Logits from normalised bottleneck features; ``detach_last_layer`` freezes the last layer (first epoch)."""
+        if detach_last_layer:
+            weight = self.last_layer.weight.detach()
+            return e @ weight.T
+        return self.last_layer(e)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.logits(self.embed(x))
