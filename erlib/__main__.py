@@ -1,4 +1,10 @@
-"""Command line: ``python -m erlib notebooks --preset tiny|full [--only 01,02] [-p key value ...]``."""
+"""Command line.
+
+    python -m erlib train --method byol --er --dataset cifar10-jpeg75 --epochs 200 --batch-size 512 [...]
+    python -m erlib train --resume runs/<name>
+    python -m erlib eval runs/<name>
+    python -m erlib notebooks --preset tiny|full [--only 01,02] [-p key value ...]
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,78 @@ def _notebooks(args: argparse.Namespace) -> int:
     return 1 if any(r.status != "ok" for r in results) else 0
 
 
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size for batch_size; booleans as --flag / --no-flag)."""
+    import dataclasses
+
+    from erlib.train import TrainConfig
+
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.name == "method_options":
+            parser.add_argument("--opt", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
+                                help="a method option, e.g. --opt tau_base=0.9 (repeatable)")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "final_weight_decay":
+            parser.add_argument(flag, dest=f.name, type=float, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=f"default: {default!r}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from erlib.notebooks import parse_value
+    from erlib.train import TrainConfig, train
+
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.json").is_file():
+            raise SystemExit(f"--resume {run}: not a run folder (no config.json)")
+        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        cfg = dataclasses.replace(cfg, out_dir=str(run.parent), name=run.name)
+        print(train(cfg, resume=True))
+        return 0
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    options = {}
+    for item in values["method_options"]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--opt expects KEY=VALUE, got {item!r}")
+        options[key] = parse_value(value)
+    values["method_options"] = options
+    print(train(TrainConfig(**values)))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from erlib.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, device=args.device, linear=not args.no_linear)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m erlib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m erlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train a method (or resume a run)")
+    tr.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in this folder")
+    _add_train_flags(tr)
+    tr.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint")
+    ev.add_argument("run", help="run folder, e.g. runs/simclr-20261129-120000")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--no-linear", action="store_true", help="skip the linear probe")
+    ev.set_defaults(func=_eval)
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks headless with papermill")
     nb.add_argument("--preset", choices=("tiny", "full"), default="tiny",
                     help="tiny: a CPU in minutes; full: a GPU node (default: tiny)")

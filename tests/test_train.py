@@ -1,0 +1,150 @@
+"""The training engine: config validation, resume after SIGKILL, corrupt checkpoints, non-finite losses, the CLI,
+and a learning test on the real (offline) CIFAR-10 pack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from erlib.methods import CONTINUOUS_METRICS
+from erlib.runs import load_checkpoint, load_run
+from erlib.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(dataset="synthetic", backbone="convnet_tiny", batch_size=64, epochs=2, optimizer="sgd", lr=0.05,
+            warmup_epochs=0, log_every=2, monitor_size=64, knn_k=20, progress=False,
+            method_options={"proj_hidden_dim": 64, "proj_dim": 32})
+
+
+def fast(tmp_path: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{**FAST, "out_dir": str(tmp_path), **overrides})
+
+
+BAD_CONFIGS = [
+    ("method", "mocov9"), ("backbone", "vgg16"), ("dataset", "imagenet22k"), ("optimizer", "adam"),
+    ("precision", "fp8"), ("augmentation", "randaugment"), ("epochs", 0), ("batch_size", 1), ("log_every", 0),
+    ("monitor_size", 1), ("knn_k", 0), ("lr", 0.0), ("lr", float("nan")), ("weight_decay", -1e-4),
+    ("momentum", 1.0), ("warmup_epochs", 500.0), ("min_lr", 10.0), ("grad_clip", -1.0), ("knn_temperature", 0.0),
+    ("train_subset", 10), ("local_crops", -1), ("device", "tpu"), ("final_weight_decay", -0.1),
+    ("method_options", {"er": True}), ("epochs", 2.5),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_CONFIGS, ids=[f"{f}={v!r}" for f, v in BAD_CONFIGS])
+def test_bad_config_raises_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}"):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_bad_method_option_names_the_option():
+    with pytest.raises(ValueError, match="tau_bse"):
+        TrainConfig(method="byol", method_options={"tau_bse": 0.9}).validate()
+    with pytest.raises(ValueError, match="temperature"):
+        TrainConfig(method="simclr", method_options={"temperature": -1.0}).validate()
+
+
+def test_unknown_config_field_in_json():
+    with pytest.raises(ValueError, match="batchsize"):
+        TrainConfig.from_dict({"batchsize": 3})
+
+
+def test_train_writes_run_folder_with_metrics_and_checkpoint(tmp_path):
+    run_dir = train(fast(tmp_path, method="byol", er=True, name="byol-er"))
+    run = load_run(run_dir)
+    assert run.config["method"] == "byol" and run.config["er"] is True
+    train_records = [r for r in run.records if r["kind"] == "train"]
+    epochs = [r for r in run.records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and train_records
+    for key in ("loss", *CONTINUOUS_METRICS):
+        assert all(key in r and r[key] == r[key] for r in train_records), key
+        assert f"monitor_{key}" in epochs[-1] or key == "loss"
+    assert 0 <= epochs[-1]["knn20"] <= 1 and "knn20" in epochs[-1]
+    ckpt = load_checkpoint(run.checkpoint)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * (512 // 64)
+    assert any(k.startswith("target.") for k in ckpt["method"])  # the EMA teacher is in the checkpoint
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(fast(tmp_path, epochs=1, name="once", knn_every=0))
+    with pytest.raises(FileExistsError, match="resume"):
+        train(fast(tmp_path, epochs=1, name="once", knn_every=0))
+
+
+def test_truncated_checkpoint_gives_clear_error(tmp_path):
+    run_dir = train(fast(tmp_path, epochs=1, name="cut", knn_every=0))
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"checkpoint .*cut.*truncated or corrupt"):
+        train(fast(tmp_path, epochs=2, name="cut", knn_every=0), resume=True)
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
+    cfg = fast(tmp_path, name="nan", lr=1e30, epochs=3, knn_every=0, log_every=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ .*checkpoint"):
+        train(cfg)
+
+
+def _cli(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "erlib", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+RESUME_ARGS = ["train", "--dataset", "synthetic", "--backbone", "convnet-tiny".replace("-", "_"), "--method", "swav",
+               "--opt", "num_prototypes=16", "--opt", "proj_hidden_dim=32", "--opt", "proj_dim=16",
+               "--batch-size", "32", "--epochs", "5", "--optimizer", "lars", "--lr", "0.2", "--warmup-epochs", "1",
+               "--log-every", "4", "--monitor-size", "32", "--knn-k", "20", "--no-progress", "--seed", "3"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    full = _cli(*RESUME_ARGS, "--out-dir", str(tmp_path), "--name", "full")
+    killed = _cli(*RESUME_ARGS, "--out-dir", str(tmp_path), "--name", "killed")
+    ckpt, metrics = tmp_path / "killed" / "checkpoint.pt", tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and killed.poll() is None:  # kill mid-epoch, after the first checkpoint
+        if ckpt.exists() and metrics.exists():
+            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            done = load_checkpoint(ckpt)["epoch"] if records else 0
+            if any(r["kind"] == "train" and r["epoch"] == done for r in records):
+                break
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run finished before it could be killed; make it longer"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    out = _cli("train", "--resume", str(tmp_path / "killed")).communicate(timeout=300)[0]
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    def comparable(name):
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in load_run(tmp_path / name).records]
+
+    resumed, uninterrupted = comparable("killed"), comparable("full")
+    assert len(resumed) == len(uninterrupted), out
+    assert resumed == uninterrupted
+
+
+def test_cli_train_and_eval(tmp_path):
+    proc = _cli("train", "--dataset", "synthetic", "--backbone", "convnet_tiny", "--method", "dino",
+                "--opt", "out_dim=32", "--opt", "hidden_dim=32", "--opt", "bottleneck_dim=16", "--epochs", "1",
+                "--batch-size", "64", "--optimizer", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
+                "--knn-k", "20", "--no-progress", "--out-dir", str(tmp_path), "--name", "d")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    proc = _cli("eval", str(tmp_path / "d"))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    result = json.loads((tmp_path / "d" / "eval.json").read_text())
+    assert {"knn200", "knn20", "linear", "rankme", "protocol"} <= set(result)
+    assert 0 <= result["knn200"] <= 1 and result["rankme"] >= 1
+
+
+def test_cli_rejects_bad_flag_value(tmp_path):
+    out = _cli("train", "--batch-size", "1", "--out-dir", str(tmp_path)).communicate(timeout=120)[0]
+    assert "TrainConfig.batch_size" in out
