@@ -2,7 +2,8 @@ r"""Batched, per-sample random augmentation on any device: every image of a batc
 
 (torchvision's transforms applied to a batch tensor draw *one* parameter set for the whole batch — pytorch/vision
 #2929 — which is useless for self-supervised views.) Each op takes float images in [0, 1], [B, C, H, W], and a
-``torch.Generator`` on the images' device, so the same seed gives the same views.
+``torch.Generator`` on the images' device (or a :class:`ShardedGenerator` under DDP), so the same seed gives the
+same views.
 
 Ops: :func:`random_resized_crop` (with horizontal flip; one bilinear ``grid_sample``), :func:`color_jitter`
 (brightness, contrast, saturation, hue, in that fixed order), :func:`grayscale`, :func:`gaussian_blur`,
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ViewRecipe", "RECIPES", "recipe_views", "random_resized_crop", "color_jitter", "grayscale",
+__all__ = ["ShardedGenerator", "ViewRecipe", "RECIPES", "recipe_views", "random_resized_crop", "color_jitter", "grayscale",
            "gaussian_blur", "solarize", "augment", "make_views", "CIFAR_MEAN", "CIFAR_STD", "to_float"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -27,12 +28,29 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, device=device)
+@dataclass(frozen=True)
+class ShardedGenerator:
+    """A generator shared by all ranks: every op draws its random numbers for the *global* batch (``world`` shards of
+    the local size) and keeps this rank's rows, so that under DDP the views equal a single process's views of the
+    concatenated batch, while each rank only transforms its own images."""
+
+    generator: torch.Generator
+    rank: int = 0
+    world: int = 1
 
 
-def _bernoulli(n: int, p: float, g: torch.Generator, device) -> Tensor:
-    return torch.rand(n, generator=g, device=device) < p
+def _rand(n: int, g: torch.Generator | ShardedGenerator | None, device) -> Tensor:
+    if isinstance(g, ShardedGenerator):
+        return torch.rand(n * g.world, generator=g.generator, device=device)[g.rank * n:(g.rank + 1) * n]
+    return torch.rand(n, generator=g, device=device)
+
+
+def _uniform(n: int, low: float, high: float, g, device) -> Tensor:
+    return low + (high - low) * _rand(n, g, device)
+
+
+def _bernoulli(n: int, p: float, g, device) -> Tensor:
+    return _rand(n, g, device) < p
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -55,8 +73,8 @@ def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float] = (0.08
     log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), generator, dev)
     w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
     h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-    cx = (1 - w) * (2 * torch.rand(b, generator=generator, device=dev) - 1)  # box centre in [-1+w, 1-w]
-    cy = (1 - h) * (2 * torch.rand(b, generator=generator, device=dev) - 1)
+    cx = (1 - w) * _uniform(b, -1.0, 1.0, generator, dev)  # box centre in [-1+w, 1-w]
+    cy = (1 - h) * _uniform(b, -1.0, 1.0, generator, dev)
     sign = torch.where(_bernoulli(b, flip_p, generator, dev), -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy

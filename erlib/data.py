@@ -101,32 +101,47 @@ def _decode_split(pack, split: str) -> np.ndarray:
     return out
 
 
-def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
-                      cache_dir: str | Path | None = None) -> Dataset:
-    """CIFAR-10 (JPEG q75 copy) from the offline pack: checked by sha256, decoded once, cached as uint8 .npy."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+def _decode_pack_to_cache(split: str, data_dir, x_path: Path, y_path: Path, classes_path: Path) -> None:
+    """Find the pack, verify its sha256 before reading it, decode one split and cache it (atomically)."""
     path = find_file(CIFAR10_PACK, data_dir, "Copy the offline pack there (see data/README.md), set ERLIB_DATA_DIR, "
                      "or use dataset='cifar10' with download=True where a network is available.")
-    cache = Path(cache_dir) if cache_dir else ROOT / "data" / "cache" / "cifar10-jpeg75"
-    x_path, y_path = cache / f"{split}_x.npy", cache / f"{split}_y.npy"
+    digest = _sha256(path)
+    if digest != CIFAR10_PACK_SHA256:
+        raise ValueError(f"{path} is corrupt or not the CIFAR-10 pack: sha256 {digest[:16]}…, expected "
+                         f"{CIFAR10_PACK_SHA256[:16]}…; copy it again from the shared data folder")
     with np.load(path) as pack:
+        images = _decode_split(pack, split)
+        labels = pack[f"{split}_labels"].astype(np.int64)
         classes = [str(c) for c in pack["classes"]]
-        if not (x_path.is_file() and y_path.is_file()):
-            digest = _sha256(path)
-            if digest != CIFAR10_PACK_SHA256:
-                raise ValueError(f"{path} is corrupt or not the CIFAR-10 pack: sha256 {digest[:16]}…, expected "
-                                 f"{CIFAR10_PACK_SHA256[:16]}…; copy it again from the shared data folder")
-            images = _decode_split(pack, split)
-            if hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]:
-                raise ValueError(f"decoding {path} ({split}) gave different pixels than the reference; "
-                                 "check the Pillow/libjpeg installation")
-            _atomic_save_npy(x_path, images)
-            _atomic_save_npy(y_path, pack[f"{split}_labels"].astype(np.int64))
-    images = np.load(x_path)
-    labels = np.load(y_path)
-    if images.shape != (len(labels), 32, 32, 3):
-        raise ValueError(f"cached {x_path} has shape {images.shape}; delete {cache} to decode the pack again")
+    if hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]:
+        raise ValueError(f"decoding {path} ({split}) gave different pixels than the reference; "
+                         "check the Pillow/libjpeg installation")
+    _atomic_save_npy(x_path, images)
+    _atomic_save_npy(y_path, labels)
+    classes_path.write_text("\n".join(classes) + "\n")
+
+
+def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
+                      cache_dir: str | Path | None = None) -> Dataset:
+    """CIFAR-10 (JPEG q75 copy) from the offline pack: checked by sha256, decoded once, cached as uint8 .npy.
+
+    Once decoded, the cache alone suffices (a GPU node may carry only ``data/cache/cifar10-jpeg75/``)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    cache = Path(cache_dir) if cache_dir else ROOT / "data" / "cache" / "cifar10-jpeg75"
+    x_path, y_path, classes_path = cache / f"{split}_x.npy", cache / f"{split}_y.npy", cache / "classes.txt"
+    if not (x_path.is_file() and y_path.is_file() and classes_path.is_file()):
+        _decode_pack_to_cache(split, data_dir, x_path, y_path, classes_path)
+    try:
+        images, labels = np.load(x_path), np.load(y_path)
+        classes = classes_path.read_text().split()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the decoded cache {cache} is damaged ({exc}); delete that folder to decode the pack again"
+                         ) from exc
+    if (images.shape != (len(labels), 32, 32, 3) or len(classes) != 10
+            or hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]):
+        raise ValueError(f"the decoded cache {x_path} does not match the reference checksum; delete {cache} to decode "
+                         "the pack again")
     return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
                    classes, f"cifar10-jpeg75/{split}")
 
@@ -164,6 +179,9 @@ def _torchvision_dataset(name: str, split: str, data_dir: str | Path | None, dow
     return Dataset(x, torch.from_numpy(labels.astype(np.int64)), classes, f"{name}/{split}")
 
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
 def _image_folder(root: str | Path | None, split: str, size: int) -> Dataset:
     from PIL import Image
 
@@ -173,7 +191,8 @@ def _image_folder(root: str | Path | None, split: str, size: int) -> Dataset:
     if not folder.is_dir():
         raise FileNotFoundError(f"ImageFolder split not found: {folder} (expected {root}/<split>/<class>/<images>)")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
+    files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
         raise FileNotFoundError(f"no images under {folder}/<class>/")
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)

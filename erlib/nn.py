@@ -11,7 +11,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "build_backbone", "TinyConvNet", "MLP", "Prototypes", "DINOHead"]
+from erlib import distributed as D
+
+__all__ = ["BACKBONES", "build_backbone", "TinyConvNet", "MLP", "Prototypes", "DINOHead", "GlobalBatchNorm",
+           "convert_to_global_batchnorm"]
 
 
 class TinyConvNet(nn.Module):
@@ -132,3 +135,57 @@ class DINOHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return self.logits(self.embed(x))
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    r"""Batch normalisation whose training statistics are those of the **global** batch under DDP (any backend,
+    CPU included, unlike ``nn.SyncBatchNorm``); identical to ``nn.BatchNorm`` in one process.
+
+    .. math:: \mu = \frac1N\sum_{r,i} x_{ri},\quad \sigma^2 = \frac1N\sum_{r,i} x_{ri}^2 - \mu^2,\quad
+              y = \gamma\,\frac{x-\mu}{\sqrt{\sigma^2+\epsilon}} + \beta
+
+    (sums over every rank's rows, gathered with :func:`erlib.distributed.gather`, so gradients flow across ranks).
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"GlobalBatchNorm expects 2-5-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if not (self.training and D.is_distributed()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        local = torch.stack([xf.sum(dims), (xf * xf).sum(dims)])
+        total = D.gather(local[None]).sum(dim=0)
+        n = x.numel() // x.shape[1] * D.world_size()
+        mean, var = total[0] / n, (total[1] / n - (total[0] / n) ** 2).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), m)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d/3d`` inside ``module`` (in place) by a :class:`GlobalBatchNorm` with the same
+    parameters and running statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats).to(next(child.buffers(), torch.empty(0)).device)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            if child.affine:
+                new.weight.requires_grad_(child.weight.requires_grad)
+                new.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, new)
+        else:
+            convert_to_global_batchnorm(child)
+    return module

@@ -25,11 +25,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from erlib import distributed as D
-from erlib.augment import ViewRecipe, make_views, recipe_views
+from erlib.augment import ShardedGenerator, ViewRecipe, make_views, recipe_views
 from erlib.data import DATASETS, BatchSampler, Dataset, load_dataset
 from erlib.evaluate import extract_features, knn_accuracy
 from erlib.methods import METHODS, Method, build, config_for
-from erlib.nn import BACKBONES
+from erlib.nn import BACKBONES, convert_to_global_batchnorm
 from erlib.runs import append_jsonl, atomic_torch_save, load_checkpoint
 from erlib.schedules import cosine_schedule, warmup_cosine
 
@@ -89,6 +89,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {allowed}")
+        for name in ("batch_size", "monitor_size"):
+            if isinstance(getattr(self, name), int) and getattr(self, name) % D.world_size():
+                raise bad(name, f"must be divisible by the number of processes ({D.world_size()})")
         ints = {"epochs": 1, "batch_size": 2, "log_every": 1, "monitor_size": 2, "knn_k": 1, "train_subset": 0,
                 "local_crops": 0, "knn_every": 0, "knn_train_size": 0, "knn_test_size": 0, "checkpoint_every": 0,
                 "seed": 0}
@@ -233,6 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg.validate()
     device = _resolve_device(cfg)
     _setup_distributed(str(device))
+    cfg.validate()  # again, now that the number of processes is known
     rank, world = D.rank(), D.world_size()
     main = rank == 0
     run_dir = Path(cfg.out_dir) / (cfg.name or f"{cfg.method}{'-er' if cfg.er else ''}-"
@@ -257,14 +261,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     optimizer = build_optimizer(method, cfg)
     recipes = recipe_views(_default_augmentation(cfg), size=train_set.images.shape[-1], local_crops=cfg.local_crops)
     sampler = BatchSampler(len(train_set), cfg.batch_size, device, cfg.seed, rank, world)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919)  # the same stream on every rank
+    views_rng = ShardedGenerator(aug_gen, rank, world)
     state = _State()
 
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        aug_gen.set_state(ckpt["aug_generator"][rank].cpu())
+        aug_gen.set_state(ckpt["aug_generator"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         state = _State(ckpt["epoch"], ckpt["step"])
         if main:
@@ -274,6 +279,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     model: nn.Module = method
     if D.is_distributed():
+        convert_to_global_batchnorm(method)  # BN statistics over the global batch, as in one process
         model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False,
                                                     device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(model) if cfg.compile else model
@@ -281,7 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     steps_per_epoch, total_steps = len(sampler), len(sampler) * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     monitor_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[:cfg.monitor_size]
-    monitor_idx = monitor_idx.to(device).view(world, -1)[rank] if cfg.monitor_size % world == 0 else monitor_idx
+    monitor_idx = monitor_idx.to(device).view(world, -1)[rank]  # each rank its shard of the monitor batch
 
     from tqdm.auto import tqdm
 
@@ -302,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 group["lr"] = lr
                 if group["weight_decay"]:
                     group["weight_decay"] = wd
-            views = make_views(train_set.images[idx], recipes, aug_gen)
+            views = make_views(train_set.images[idx], recipes, views_rng)
             if device.type == "cuda" and cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -332,7 +338,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         _check_finite(int(bad_step), epoch, ckpt_path)
         record = _epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, state, amp)
         save = state.epoch == cfg.epochs or (cfg.checkpoint_every and state.epoch % cfg.checkpoint_every == 0)
-        generator_states = _gather_states(aug_gen, world) if save else None  # a collective: every rank joins
         if main:
             append_jsonl(metrics_path, record)
             if record.get("monitor_eta_online", 1.0) < 0.05:
@@ -340,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                               f"(monitor η = {record['monitor_eta_online']:.3f}): the representation has collapsed")
             if save:
                 atomic_torch_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "aug_generator": generator_states, "torch_rng": torch.get_rng_state(),
+                                   "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
                                    "epoch": state.epoch, "step": state.step, "config": dataclasses.asdict(cfg)},
                                   ckpt_path)
     bar.close()
@@ -363,14 +368,6 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def _gather_states(gen: torch.Generator, world: int) -> list[Tensor]:
-    if world == 1:
-        return [gen.get_state()]
-    states = [None] * world
-    dist.all_gather_object(states, gen.get_state())
-    return states
-
-
 def _check_finite(bad_step: int, epoch: int, ckpt_path: Path) -> None:
     if bad_step >= 0:
         last = str(ckpt_path) if ckpt_path.is_file() else "none (no epoch completed yet)"
@@ -385,7 +382,7 @@ def _epoch_record(method: Method, cfg: TrainConfig, train_set: Dataset, test_set
     method.eval()
     device = train_set.images.device
     record: dict = {"kind": "epoch", "epoch": state.epoch, "step": state.step}
-    gen = torch.Generator(device=device).manual_seed(2024)
+    gen = ShardedGenerator(torch.Generator(device=device).manual_seed(2024), D.rank(), D.world_size())
     views = make_views(train_set.images[monitor_idx], recipes[:2], gen)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         out = method(views, index=monitor_idx)

@@ -1,0 +1,419 @@
+"""erlib.augment against the definitions of its ops: crop boxes measured from coordinate images, jitter factors,
+HSV against colorsys, luma weights, blur kernels, solarisation, per-sample randomness, and the recipes."""
+
+from __future__ import annotations
+
+import colorsys
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from erlib import augment as A
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # on a shared 2-core machine OpenMP threads spinning against each other make small ops ~50x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand_images(b: int, size: int = 8, seed: int = 123) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=gen(seed))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# random_resized_crop, measured: channel 0 holds each pixel centre's normalised x coordinate, channel 1 its y
+# ------------------------------------------------------------------------------------------------------------------
+
+W_IN = 32  # input side; with output side OUT, boxes of width fraction >= OUT / W_IN never sample the clamped border
+OUT = 4
+
+
+def coord_image(b: int, side: int = W_IN) -> torch.Tensor:
+    u = (2 * torch.arange(side, dtype=torch.float32) + 1) / side - 1  # pixel centres in [-1, 1]
+    img = torch.stack([u[None, :].expand(side, side), u[:, None].expand(side, side)])
+    return img[None].expand(b, -1, -1, -1)
+
+
+def crop_boxes(out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each output's box in normalised coordinates (width/height fractions of the image, centre, flip) from the
+    coordinates it sampled: output pixel centres lie at +-(1 - 1/OUT) of the box's half-width."""
+    size = out.shape[-1]
+    half = 1 - 1 / size
+    x0, x1 = out[:, 0, :, 0].mean(1), out[:, 0, :, -1].mean(1)
+    y0, y1 = out[:, 1, 0, :].mean(1), out[:, 1, -1, :].mean(1)
+    sw, h = (x1 - x0) / (2 * half), (y1 - y0) / (2 * half)
+    w = sw.abs()
+    return {"w": w, "h": h, "cx": (x0 + x1) / 2, "cy": (y0 + y1) / 2, "flip": sw < 0,
+            "area": w * h, "ratio": w / h}
+
+
+def test_crop_of_the_coordinate_image_is_affine():
+    out = A.random_resized_crop(coord_image(256), OUT, scale=(0.2, 0.5), generator=gen(1))
+    # the x coordinate does not change along a column, y not along a row (no rotation, no shear)
+    assert (out[:, 0] - out[:, 0, :1]).abs().max() < 1e-5
+    assert (out[:, 1] - out[:, 1, :, :1]).abs().max() < 1e-5
+    # and changes linearly across the output
+    steps = out[:, 0, 0].diff(dim=1)
+    assert (steps - steps[:, :1]).abs().max() < 1e-5
+
+
+def test_crop_area_and_ratio_follow_their_uniform_laws():
+    n, scale, ratio = 4000, (0.2, 0.5), (3 / 4, 4 / 3)  # w = sqrt(s r) <= 0.82: no clipping at 1
+    box = crop_boxes(A.random_resized_crop(coord_image(n), OUT, scale, ratio, flip_p=0.0, generator=gen(2)))
+    area, log_r = box["area"], box["ratio"].log()
+    tol = 1e-4
+    assert area.min() >= scale[0] - tol and area.max() <= scale[1] + tol
+    assert area.min() < scale[0] + 0.01 and area.max() > scale[1] - 0.01  # the whole range is used
+    # U(0.2, 0.5): mean 0.35, sd 0.0866; the mean of 4000 within 5 standard errors, quartiles within 0.015
+    assert abs(area.mean() - 0.35) < 5 * 0.0866 / math.sqrt(n)
+    q = torch.quantile(area, torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.allclose(q, torch.tensor([0.275, 0.35, 0.425]), atol=0.015), q
+    # log r ~ U(log 3/4, log 4/3): symmetric about 0, sd = 2 log(4/3) / sqrt(12)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    assert log_r.min() >= lo - tol and log_r.max() <= hi + tol
+    assert abs(log_r.mean()) < 5 * (hi - lo) / math.sqrt(12 * n)
+    assert abs(log_r.std() - (hi - lo) / math.sqrt(12)) < 0.01
+    # w = sqrt(s r), h = sqrt(s / r)
+    assert torch.allclose(box["w"] ** 2, area * box["ratio"], rtol=1e-3)
+    # the box lies inside the image and is placed uniformly: cx / (1 - w) ~ U(-1, 1)
+    assert (box["cx"].abs() + box["w"]).max() <= 1 + tol and (box["cy"].abs() + box["h"]).max() <= 1 + tol
+    for c, side in (("cx", "w"), ("cy", "h")):
+        rel = box[c] / (1 - box[side])
+        assert rel.min() > -1 - tol and rel.max() < 1 + tol
+        assert abs(rel.mean()) < 5 / math.sqrt(3 * n)
+        assert abs((rel.abs() > 0.5).float().mean() - 0.5) < 0.04
+
+
+def test_crop_area_with_clipping_matches_the_documented_rule():
+    # default scale (0.08, 1): near-full crops get w or h clipped to 1; compare with a Monte-Carlo of the rule
+    n, scale, ratio = 8000, (0.08, 1.0), (3 / 4, 4 / 3)
+    box = crop_boxes(A.random_resized_crop(coord_image(n), OUT, scale, ratio, flip_p=0.0, generator=gen(3)))
+    area = box["area"]
+    tol = 1e-4
+    assert area.min() >= scale[0] - tol and area.max() <= 1 + tol
+    assert box["w"].max() <= 1 + tol and box["h"].max() <= 1 + tol
+    rng = np.random.default_rng(0)
+    s = rng.uniform(*scale, 1_000_000)
+    r = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), 1_000_000))
+    ref = np.minimum(1, np.sqrt(s * r)) * np.minimum(1, np.sqrt(s / r))
+    assert abs(area.mean().item() - ref.mean()) < 5 * ref.std() / math.sqrt(n)
+    deciles = np.linspace(0.1, 0.9, 9)
+    got = torch.quantile(area.double(), torch.tensor(deciles, dtype=torch.float64)).numpy()
+    assert np.abs(got - np.quantile(ref, deciles)).max() < 0.03, (got, np.quantile(ref, deciles))
+
+
+@pytest.mark.parametrize("flip_p, low, high", [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.5, 0.47, 0.53), (0.2, 0.17, 0.23)])
+def test_flip_rate(flip_p, low, high):
+    box = crop_boxes(A.random_resized_crop(coord_image(4000), OUT, (0.2, 0.5), flip_p=flip_p, generator=gen(4)))
+    assert low <= box["flip"].float().mean().item() <= high
+    assert (box["h"] > 0).all()  # never flipped vertically
+
+
+def test_full_crop_is_the_identity_and_flip_the_mirror():
+    x = rand_images(5, size=12)
+    same = A.random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), flip_p=0.0, generator=gen())
+    assert torch.allclose(same, x, atol=1e-6)
+    mirror = A.random_resized_crop(x, 12, scale=(1, 1), ratio=(1, 1), flip_p=1.0, generator=gen())
+    assert torch.allclose(mirror, x.flip(-1), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# colour jitter
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_brightness_factor_is_uniform():
+    n, b = 4000, 0.4
+    x = torch.full((n, 3, 2, 2), 0.5)
+    out = A.color_jitter(x, brightness=b, contrast=0, saturation=0, hue=0, p=1.0, generator=gen(5))
+    ratio = out / x
+    f = ratio[:, 0, 0, 0]
+    assert (ratio - f[:, None, None, None]).abs().max() < 1e-6  # one factor per image
+    assert f.min() >= 1 - b - 1e-6 and f.max() <= 1 + b + 1e-6
+    assert f.min() < 1 - b + 0.01 and f.max() > 1 + b - 0.01
+    assert abs(f.mean() - 1) < 5 * (2 * b) / math.sqrt(12 * n)
+    assert abs(f.std() - 2 * b / math.sqrt(12)) < 0.01
+    assert f.unique().numel() > n * 0.99  # every image its own factor
+
+
+def test_contrast_scales_deviations_around_the_mean_grey():
+    n, c = 2000, 0.4
+    x = 0.4 + 0.2 * torch.rand(n, 3, 4, 4, generator=gen(6))  # no clipping for factors <= 1.4
+    out = A.color_jitter(x, brightness=0, contrast=c, saturation=0, hue=0, p=1.0, generator=gen(7))
+    grey = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]).mean(dim=(1, 2))  # noqa: E731
+    m = grey(x)[:, None, None, None]
+    d_in, d_out = (x - m).flatten(1), (out - m).flatten(1)
+    f = (d_in * d_out).sum(1) / (d_in * d_in).sum(1)  # least squares: out - m = f (x - m), one f per image
+    assert (d_out - f[:, None] * d_in).abs().max() < 1e-5
+    assert torch.allclose(grey(out), grey(x), atol=1e-5)
+    assert f.min() >= 1 - c - 1e-3 and f.max() <= 1 + c + 1e-3 and abs(f.mean() - 1) < 0.02
+
+
+def test_saturation_keeps_each_pixels_grey():
+    n, s = 2000, 0.5
+    x = 0.3 + 0.4 * torch.rand(n, 3, 4, 4, generator=gen(8))
+    out = A.color_jitter(x, brightness=0, contrast=0, saturation=s, hue=0, p=1.0, generator=gen(9))
+    luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
+    assert torch.allclose(luma(out), luma(x), atol=1e-5)
+    g = luma(x)[:, None]
+    d_in, d_out = (x - g).flatten(1), (out - g).flatten(1)
+    f = (d_in * d_out).sum(1) / (d_in * d_in).sum(1)  # out - grey = f (x - grey), one f per image
+    assert (d_out - f[:, None] * d_in).abs().max() < 1e-5
+    assert f.min() >= 1 - s - 1e-3 and f.max() <= 1 + s + 1e-3 and abs(f.mean() - 1) < 0.03
+
+
+def test_jitter_probability():
+    x = rand_images(2000, size=4, seed=10)
+    assert torch.allclose(A.color_jitter(x, p=0.0, generator=gen(11)), x, atol=1e-6)
+    out = A.color_jitter(x, p=0.5, generator=gen(12))
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-4
+    assert abs(changed.float().mean().item() - 0.5) < 0.04  # sd 0.011
+
+
+def test_hsv_of_known_colours_and_round_trip():
+    colours = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5],
+                            [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    h, s, v = A._rgb_to_hsv(colours.T[None, :, :, None])  # [1, 3, 9, 1]
+    h, s, v = h.flatten(), s.flatten(), v.flatten()
+    assert torch.allclose(h[:6], torch.tensor([0, 1 / 3, 2 / 3, 1 / 6, 1 / 2, 5 / 6]), atol=1e-6)
+    assert torch.allclose(s, torch.tensor([1.0] * 6 + [0.0] * 3)) and torch.allclose(v, colours.max(dim=1).values)
+    # random colours: against colorsys, and the round trip
+    x = torch.rand(4, 3, 16, 16, generator=gen(13))
+    h, s, v = A._rgb_to_hsv(x)
+    ref = torch.tensor([colorsys.rgb_to_hsv(*p) for p in x.permute(0, 2, 3, 1).reshape(-1, 3).tolist()])
+    dh = (h.flatten() - ref[:, 0]).abs()
+    assert torch.minimum(dh, 1 - dh).max() < 1e-5
+    assert torch.allclose(s.flatten(), ref[:, 1], atol=1e-5) and torch.allclose(v.flatten(), ref[:, 2], atol=1e-6)
+    assert (A._hsv_to_rgb(h, s, v) - x).abs().max() < 1e-5
+    # hsv -> rgb against colorsys on random HSV triples
+    hsv = torch.rand(3, 2, 8, 8, generator=gen(14))
+    rgb = A._hsv_to_rgb(hsv[0], hsv[1], hsv[2])
+    ref = torch.tensor([colorsys.hsv_to_rgb(*p) for p in hsv.permute(1, 2, 3, 0).reshape(-1, 3).tolist()])
+    assert (rgb.permute(0, 2, 3, 1).reshape(-1, 3) - ref).abs().max() < 1e-5
+
+
+def test_hue_shift_of_red():
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1
+    h, s, v = A._rgb_to_hsv(red)
+    for shift, colour in [(1 / 3, (0, 1, 0)), (2 / 3, (0, 0, 1)), (1 / 6, (1, 1, 0)), (1.0, (1, 0, 0))]:
+        out = A._hsv_to_rgb((h + shift) % 1.0, s, v)
+        assert torch.allclose(out, torch.tensor(colour, dtype=torch.float32)[None, :, None, None].expand_as(out),
+                              atol=1e-6), (shift, out[0, :, 0, 0])
+    # through color_jitter, hue only: red turns into a fully saturated colour at hue delta ~ U(-hue, hue)
+    n, hue = 4000, 0.1
+    out = A.color_jitter(red.expand(n, -1, -1, -1), brightness=0, contrast=0, saturation=0, hue=hue, p=1.0,
+                         generator=gen(15))
+    hsv = torch.tensor([colorsys.rgb_to_hsv(*p) for p in out[:, :, 0, 0].tolist()])
+    delta = (hsv[:, 0] + 0.5) % 1.0 - 0.5
+    assert torch.allclose(hsv[:, 1:], torch.ones(n, 2), atol=1e-5)
+    assert delta.min() >= -hue - 1e-5 and delta.max() <= hue + 1e-5
+    assert delta.min() < -hue + 0.005 and delta.max() > hue - 0.005
+    assert abs(delta.mean()) < 5 * 2 * hue / math.sqrt(12 * n)
+    assert abs(delta.std() - 2 * hue / math.sqrt(12)) < 0.005
+
+
+def test_hue_rotation_keeps_value_and_chroma_and_shifts_every_pixel_alike():
+    x = torch.rand(200, 3, 6, 6, generator=gen(16))
+    out = A.color_jitter(x, brightness=0, contrast=0, saturation=0, hue=0.5, p=1.0, generator=gen(17))
+    assert torch.allclose(out.amax(dim=1), x.amax(dim=1), atol=1e-5)
+    assert torch.allclose(out.amax(dim=1) - out.amin(dim=1), x.amax(dim=1) - x.amin(dim=1), atol=1e-5)
+    h_in, s_in, _ = A._rgb_to_hsv(x)
+    h_out, _, _ = A._rgb_to_hsv(out)
+    d = ((h_out - h_in) % 1.0).flatten(1)
+    d = torch.where(d - d[:, :1] > 0.5, d - 1, torch.where(d - d[:, :1] < -0.5, d + 1, d))
+    mask = (s_in.flatten(1) > 0.1)
+    assert ((d - d[:, :1]).abs() * mask).max() < 1e-3  # one shift per image
+    assert d[:, 0].std() > 0.2  # shifts spread over the wheel (U(-0.5, 0.5) has sd 0.29)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# grayscale, blur, solarise
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 1.0])
+def test_grayscale_rate_and_luma(p):
+    n = 4000
+    x = torch.rand(n, 3, 2, 2, generator=gen(18))
+    out = A.grayscale(x, p=p, generator=gen(19))
+    grey = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    rate = grey.float().mean().item()
+    assert abs(rate - p) < 0.03  # sd 0.0063 at p = 0.2
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.allclose(out[grey], luma[grey][:, None].expand(-1, 3, -1, -1), atol=1e-6)
+    assert torch.equal(out[~grey], x[~grey])
+
+
+def test_blur_of_a_constant_image_is_constant():
+    x = torch.rand(50, 3, 1, 1, generator=gen(20)).expand(-1, -1, 32, 32).contiguous()
+    out = A.gaussian_blur(x, p=1.0, generator=gen(21))
+    assert torch.allclose(out, x, atol=1e-6)
+    assert torch.allclose(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_blur_p0_is_the_identity_and_sigma_small_nearly():
+    x = rand_images(20, size=32, seed=22)
+    assert torch.allclose(A.gaussian_blur(x, p=0.0, generator=gen(23)), x, atol=1e-6)
+    assert torch.allclose(A.gaussian_blur(x, p=1.0, sigma=(0.1, 0.1), generator=gen(23)), x, atol=1e-6)
+
+
+def test_blur_reduces_noise_variance_as_its_kernel_predicts():
+    side, sigma = 64, 1.0
+    k = max(3, int(0.1 * side) // 2 * 2 + 1)  # documented: about 10% of the side, odd
+    assert k == 7
+    o = torch.arange(k, dtype=torch.float64) - k // 2
+    kern = torch.exp(-o ** 2 / (2 * sigma ** 2))
+    kern /= kern.sum()
+    predicted = (kern ** 2).sum().item() ** 2  # separable 2-D blur of white noise
+    x = torch.rand(32, 3, side, side, generator=gen(24))
+    out = A.gaussian_blur(x, p=1.0, sigma=(sigma, sigma), generator=gen(25))
+    inner = (slice(None), slice(None), slice(k, -k), slice(k, -k))
+    ratio = (out[inner].var() / x[inner].var()).item()
+    assert abs(ratio / predicted - 1) < 0.05, (ratio, predicted)
+    assert torch.allclose(out.mean(), x.mean(), atol=1e-3)
+    # and a larger sigma blurs more
+    wide = A.gaussian_blur(x, p=1.0, sigma=(2.0, 2.0), generator=gen(25))
+    assert wide[inner].var() < out[inner].var()
+
+
+def test_blur_rate():
+    x = rand_images(2000, size=16, seed=26)
+    out = A.gaussian_blur(x, p=0.3, sigma=(0.5, 2.0), generator=gen(27))
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-3
+    assert abs(changed.float().mean().item() - 0.3) < 0.04
+
+
+def test_solarize():
+    x = torch.linspace(0, 1, 101).reshape(1, 1, 1, 101).expand(4, 3, 2, -1)
+    out = A.solarize(x, p=1.0, generator=gen())
+    assert torch.equal(out, torch.where(x >= 0.5, 1 - x, x))
+    assert torch.equal(out[..., 50], 1 - x[..., 50])  # 0.5 itself is at the threshold
+    assert out.max() <= 0.5
+    assert torch.equal(A.solarize(x, p=0.0, generator=gen()), x)
+    # another threshold, with a pixel exactly at it (0.25 and 0.75 are exact in float32)
+    z = torch.tensor([0.0, 0.2, 0.25, 0.3, 0.75, 1.0]).reshape(1, 1, 1, 6)
+    assert torch.equal(A.solarize(z, p=1.0, threshold=0.25, generator=gen()),
+                       torch.tensor([0.0, 0.2, 0.75, 0.7, 0.25, 0.0]).reshape(1, 1, 1, 6))
+    y = torch.rand(4000, 1, 2, 2, generator=gen(28)) * 0.5 + 0.5  # every pixel above the threshold
+    rate = (A.solarize(y, p=0.2, generator=gen(29)) != y).all(dim=(1, 2, 3)).float().mean().item()
+    assert abs(rate - 0.2) < 0.03
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# pipelines: per-sample parameters, dtype, range, seeding
+# ------------------------------------------------------------------------------------------------------------------
+
+OPS = {
+    "crop": lambda x, g: A.random_resized_crop(x, 16, generator=g),
+    "jitter": lambda x, g: A.color_jitter(x, 0.8, 0.8, 0.8, 0.2, p=1.0, generator=g),
+    "gray": lambda x, g: A.grayscale(x, p=1.0, generator=g),
+    "blur": lambda x, g: A.gaussian_blur(x, p=1.0, generator=g),
+    "solarize": lambda x, g: A.solarize(x, p=1.0, generator=g),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_ops_keep_float32_shape_and_unit_range(op):
+    x = rand_images(64, size=16, seed=30)
+    out = OPS[op](x, gen(31))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    # the extremes stay in range too
+    ext = torch.randint(0, 2, (64, 3, 16, 16), generator=gen(32)).float()
+    out = OPS[op](ext, gen(33))
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+
+
+def test_samples_of_one_batch_get_their_own_views():
+    img = torch.randint(0, 256, (1, 3, 32, 32), generator=gen(34), dtype=torch.uint8)
+    recipe = A.recipe_views("simclr")[0]
+    views = A.augment(img.expand(64, -1, -1, -1), recipe, gen(35))
+    assert views.dtype == torch.float32 and views.shape == (64, 3, 32, 32)
+    assert views.flatten(1).unique(dim=0).shape[0] == 64
+    mean = torch.tensor(recipe.mean)[None, :, None, None]
+    std = torch.tensor(recipe.std)[None, :, None, None]
+    raw = views * std + mean  # the ops' output before normalisation
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+
+
+def test_same_seed_same_views_different_seed_different():
+    img = torch.randint(0, 256, (16, 3, 32, 32), generator=gen(36), dtype=torch.uint8)
+    recipes = A.recipe_views("byol", blur=True)
+    a = A.make_views(img, recipes, gen(1))
+    b = A.make_views(img, recipes, gen(1))
+    c = A.make_views(img, recipes, gen(2))
+    assert len(a) == 2 and all(v.shape == (16, 3, 32, 32) for v in a)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(not torch.equal(u, v) for u, v in zip(a, c))
+    assert not torch.equal(a[0], a[1])  # the two views of one call differ
+
+
+def test_augment_with_nothing_random_is_the_normalisation():
+    img = torch.randint(0, 256, (4, 3, 16, 16), generator=gen(37), dtype=torch.uint8)
+    r = A.ViewRecipe(size=16, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
+    out = A.augment(img, r, gen())
+    mean = torch.tensor(r.mean, dtype=torch.float64)[None, :, None, None]
+    std = torch.tensor(r.std, dtype=torch.float64)[None, :, None, None]
+    assert torch.allclose(out.double(), (img.double() / 255 - mean) / std, atol=1e-5)
+
+
+def test_multicrop_views_have_their_sizes():
+    img = torch.randint(0, 256, (8, 3, 32, 32), generator=gen(38), dtype=torch.uint8)
+    views = A.make_views(img, A.recipe_views("simclr", local_crops=2), gen())
+    assert [tuple(v.shape) for v in views] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 2
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# recipes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_named_recipes():
+    simclr, byol = A.recipe_views("simclr"), A.recipe_views("byol")
+    assert len(simclr) == 2 and len(byol) == 2
+    assert all(r.size == 32 and r.blur_p == 0 for r in simclr + byol)  # blur off below 64 px by default
+    assert byol[0].solarize_p == 0 and byol[1].solarize_p == 0.2  # asymmetric
+    assert simclr[0] == simclr[1]  # symmetric
+    big = A.recipe_views("byol", size=96)
+    assert [r.blur_p for r in big] == [1.0, 0.1] and all(r.size == 96 for r in big)
+    assert [r.blur_p for r in A.recipe_views("simclr", size=64)] == [0.5, 0.5]
+    assert [r.blur_p for r in A.recipe_views("simclr", size=32, blur=True)] == [0.5, 0.5]
+    assert [r.blur_p for r in A.recipe_views("simclr", size=96, blur=False)] == [0.0, 0.0]
+
+
+def test_multicrop_recipes():
+    views = A.recipe_views("simclr", size=32, local_crops=4)
+    assert len(views) == 6
+    assert [v.size for v in views] == [32, 32, 16, 16, 16, 16]
+    assert all(v.scale == (0.14, 1.0) for v in views[:2]) and all(v.scale == (0.05, 0.14) for v in views[2:])
+    assert [v.size for v in A.recipe_views("byol", size=96, local_crops=2, local_size=40)] == [96, 96, 40, 40]
+    assert A.recipe_views("byol", size=8, local_crops=1)[-1].size == 8  # never below 8 px
+    with pytest.raises(ValueError, match="local_crops"):
+        A.recipe_views("simclr", local_crops=-1)
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError) as info:
+        A.recipe_views("moco-v9")
+    assert "simclr" in str(info.value) and "byol" in str(info.value)
+
+
+@pytest.mark.parametrize("field, value", [("flip_p", 1.5), ("jitter_p", -0.1), ("gray_p", 2.0), ("blur_p", -1.0),
+                                          ("solarize_p", 1.01), ("scale", (0.0, 1.0)), ("scale", (0.6, 0.3)),
+                                          ("scale", (0.2, 1.5)), ("ratio", (0.0, 1.0)), ("ratio", (2.0, 1.0)),
+                                          ("size", 2)])
+def test_view_recipe_rejects_bad_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        A.ViewRecipe(**{field: value})
+    A.ViewRecipe()  # the defaults are valid
