@@ -174,7 +174,7 @@ def _torchvision_dataset(name: str, split: str, data_dir: str | Path | None, dow
     except RuntimeError as exc:
         raise FileNotFoundError(f"{name} ({split}) not found under {root}: {exc}. Pass download=True (--download) "
                                 f"where a network is available, or point data_dir at a torchvision copy"
-                                + (f"; offline, use dataset='cifar10-jpeg75'" if name == "cifar10" else "")) from exc
+                                + ("; offline, use dataset='cifar10-jpeg75'" if name == "cifar10" else "")) from exc
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return Dataset(x, torch.from_numpy(labels.astype(np.int64)), classes, f"{name}/{split}")
 

@@ -16,7 +16,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "rank", "world_size", "is_main_process", "gather", "all_reduce_mean", "all_reduce_sum"]
+__all__ = ["is_distributed", "rank", "world_size", "is_main_process", "gather", "all_reduce_mean", "all_reduce_sum",
+           "all_reduce_max"]
+
+_GROUP = None
+
+
+def _group():
+    """A process group of our own for the estimators' collectives, created on first use (the same step on every rank).
+
+    DDP all-reduces gradient buckets asynchronously on the default group while backward runs; the gathers inside the
+    loss's backward must not interleave with those messages, so they travel on a separate group.
+    """
+    global _GROUP
+    if _GROUP is None:
+        _GROUP = dist.new_group(ranks=list(range(dist.get_world_size())))
+    return _GROUP
 
 
 def is_distributed() -> bool:
@@ -45,14 +60,14 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
+        dist.all_gather(parts, x.contiguous(), group=_group())
         ctx.rows = x.shape[0]
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
         grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=_group())
         start = dist.get_rank() * ctx.rows
         return grad[start:start + ctx.rows]
 
@@ -72,7 +87,16 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     out = x.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_group())
+    return out
+
+
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Element-wise maximum of ``x`` over ranks (a new tensor; not differentiable). ``x`` in one process."""
+    if not is_distributed():
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX, group=_group())
     return out
 
 

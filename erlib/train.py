@@ -256,6 +256,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     method: Method = build(cfg.method, er=cfg.er, backbone=cfg.backbone,
                            **cfg._method_extras(len(train_set))).to(device)
+    if D.is_distributed():
+        convert_to_global_batchnorm(method)  # BN statistics over the global batch, as in one process
     if device.type == "cuda" and cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg)
@@ -279,7 +281,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     model: nn.Module = method
     if D.is_distributed():
-        convert_to_global_batchnorm(method)  # BN statistics over the global batch, as in one process
         model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False,
                                                     device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(model) if cfg.compile else model

@@ -33,4 +33,5 @@ def config_for(name: str, **cfg) -> MethodConfig:
 
 def build(name: str, er: bool = False, **cfg) -> Method:
     """Build method ``name`` (``er=True`` for its ER variant) with its config fields as keyword overrides."""
-    return METHODS[name](config_for(name, er=er, **cfg))
+    config = config_for(name, er=er, **cfg)
+    return METHODS[name](config)

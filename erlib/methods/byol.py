@@ -27,14 +27,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erlib import distributed as D
-from erlib.methods.common import Method, MethodConfig, MethodOutput, continuous_metrics, encode_views, er_objective
+from erlib.methods.common import (
+    Method,
+    MethodConfig,
+    MethodOutput,
+    continuous_metrics,
+    encode_views,
+    er_objective,
+    full_precision,
+)
 from erlib.nn import MLP
 from erlib.schedules import ema_momentum, ema_update_
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
     r"""Mean over the batch of :math:`\|\bar p - \bar z\|^2 = 2 - 2\cos(p, z)`; detach ``z`` in the caller."""
-    return (2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(full_precision(p), full_precision(z), dim=1)).mean()
 
 
 @dataclass
@@ -47,7 +55,7 @@ class BYOLConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positive("proj_hidden_dim", "proj_dim", "pred_hidden_dim")
+        self.integer("proj_hidden_dim", "proj_dim", "pred_hidden_dim")
         self.in_range("tau_base", 0.0, 1.0)
         if self.entropy_on not in ("projection", "prediction"):
             raise ValueError(f"entropy_on must be 'projection' or 'prediction', got {self.entropy_on!r}")
@@ -66,10 +74,10 @@ class BYOL(Method):
 
     def forward(self, views: list[Tensor], index: Tensor | None = None) -> MethodOutput:
         z = encode_views(lambda x: self.projector(self.backbone(x)), views[:2])
-        p = [F.normalize(self.predictor(zv).float(), dim=1) for zv in z]
+        p = [F.normalize(full_precision(self.predictor(zv)), dim=1) for zv in z]
         with torch.no_grad():
-            zt = [F.normalize(t.float(), dim=1) for t in encode_views(self.target, views[:2])]
-        z = [F.normalize(zv.float(), dim=1) for zv in z]
+            zt = [F.normalize(full_precision(t), dim=1) for t in encode_views(self.target, views[:2])]
+        z = [F.normalize(full_precision(zv), dim=1) for zv in z]
         pairs = [(0, 1), (1, 0)]
         if self.er:
             ent = z if self.cfg.entropy_on == "projection" else p
@@ -78,7 +86,7 @@ class BYOL(Method):
         else:  # per-sample loss: no batch statistic, no gather needed
             loss = sum(byol_loss(p[a], zt[b]) for a, b in pairs) / 2
         metrics = continuous_metrics(D.gather(p[0]), D.gather(zt[1]), D.gather(z[0]), self.cfg.kappa)
-        metrics["byol_loss"] = byol_loss(p[0].detach(), zt[1])
+        metrics["byol_loss"] = byol_loss(D.gather(p[0]).detach(), D.gather(zt[1]))
         metrics["ema_momentum"] = p[0].new_tensor(self.momentum)
         return MethodOutput(loss, metrics)
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from erlib import bounds
 from erlib.nn import BACKBONES, build_backbone
 
-__all__ = ["MethodConfig", "MethodOutput", "Method", "encode_views", "er_objective", "discrete_er_objective",
+__all__ = ["MethodConfig", "MethodOutput", "Method", "encode_views", "full_precision", "er_objective", "discrete_er_objective",
            "continuous_metrics", "discrete_metrics", "CONTINUOUS_METRICS", "DISCRETE_METRICS"]
 
 #: Keys every method reports (continuous view of its projections).
@@ -55,6 +55,13 @@ class MethodConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+    def integer(self, *names: str, low: int = 1) -> None:
+        """Raise a ValueError naming each field that is not an integer >= low."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
     def in_range(self, name: str, low: float, high: float) -> None:
         """Raise a ValueError naming the field unless low <= value <= high."""
@@ -101,6 +108,12 @@ class Method(nn.Module):
         """Called at the start of every epoch."""
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """Half-precision tensors (bf16/fp16 under autocast) promoted to float32; float32/float64 left as they are.
+    Losses and estimators never run in half precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def encode_views(fn, views: list[Tensor]) -> list[Tensor]:
     """Apply ``fn`` to every view, batching views of the same resolution together (multi-crop), in view order."""
     if not views:
@@ -123,20 +136,20 @@ def er_objective(pred: Tensor, target: Tensor, entropy_of: Tensor, kappa: float)
     constants cancel (see :func:`erlib.bounds.er_bound`, which is the case ``entropy_of = target``).
     """
     rec = kappa * (pred * target).sum(dim=1).mean()
-    return rec + bounds.relative_kde_entropy(entropy_of.float(), kappa, check=False)
+    return rec + bounds.relative_kde_entropy(full_precision(entropy_of), kappa, check=False)
 
 
 def discrete_er_objective(target_probs: Tensor, pred_logits: Tensor, entropy_probs: Tensor) -> Tensor:
     r"""The discrete ER estimate to *maximise*: :math:`-\mathrm{CE}(p^{t}, q) + H(\bar p)` (marginal of ``entropy_probs``)."""
-    return (bounds.categorical_reconstruction(target_probs.float(), pred_logits.float(), check=False)
-            + bounds.marginal_entropy(entropy_probs.float(), check=False))
+    rec = bounds.categorical_reconstruction(full_precision(target_probs), full_precision(pred_logits), check=False)
+    return rec + bounds.marginal_entropy(full_precision(entropy_probs), check=False)
 
 
 @torch.no_grad()
 def continuous_metrics(pred: Tensor, target: Tensor, online: Tensor, kappa: float) -> dict[str, Tensor]:
     r"""The continuous ER metric set, on unit rows: KDE entropies (and η) of the online and target projections, the mean
     cosine between prediction and target, and the ER and InfoNCE estimates of :math:`I(Z_1;Z_2)` with the same κ."""
-    pred, target, online = (F.normalize(t.detach().float(), dim=1) for t in (pred, target, online))
+    pred, target, online = (F.normalize(full_precision(t.detach()), dim=1) for t in (pred, target, online))
     return {
         "entropy_online": bounds.kde_entropy(online, kappa, check=False),
         "entropy_target": bounds.kde_entropy(target, kappa, check=False),
@@ -152,7 +165,7 @@ def continuous_metrics(pred: Tensor, target: Tensor, online: Tensor, kappa: floa
 def discrete_metrics(target_probs: Tensor, pred_logits: Tensor) -> dict[str, Tensor]:
     r"""The discrete metric set: marginal :math:`H(\bar p)` and conditional :math:`\frac1k\sum_i H(p_i)` entropies of the
     target and of the prediction, and the cross-entropy between them."""
-    target_probs, pred_logits = target_probs.detach().float(), pred_logits.detach().float()
+    target_probs, pred_logits = full_precision(target_probs.detach()), full_precision(pred_logits.detach())
     pred_probs = torch.softmax(pred_logits, dim=1)
     return {
         "marginal_entropy_target": bounds.marginal_entropy(target_probs, check=False),

@@ -26,7 +26,15 @@ from torch import Tensor
 
 from erlib import bounds
 from erlib import distributed as D
-from erlib.methods.common import Method, MethodConfig, MethodOutput, continuous_metrics, discrete_metrics, encode_views
+from erlib.methods.common import (
+    Method,
+    MethodConfig,
+    MethodOutput,
+    continuous_metrics,
+    discrete_metrics,
+    encode_views,
+    full_precision,
+)
 from erlib.nn import MLP
 
 
@@ -56,7 +64,7 @@ def spherical_kmeans(x: Tensor, k: int, iterations: int = 10, init: Tensor | Non
 
 def deepcluster_loss(scores: Tensor, assignments: Tensor, temperature: float) -> Tensor:
     """Cross-entropy of softmax(scores/τ) [B, K] to the hard labels ``assignments`` [B]."""
-    return F.cross_entropy(scores.float() / temperature, assignments)
+    return F.cross_entropy(full_precision(scores) / temperature, assignments)
 
 
 @dataclass
@@ -71,9 +79,11 @@ class DeepClusterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positive("num_samples", "proj_hidden_dim", "proj_dim", "temperature", "kmeans_iterations")
+        self.positive("temperature")
+        self.integer("num_samples", "proj_hidden_dim", "proj_dim", "kmeans_iterations")
         self.num_prototypes = tuple(self.num_prototypes)
-        if not self.num_prototypes or any(k < 2 or k > self.num_samples for k in self.num_prototypes):
+        if not self.num_prototypes or any(isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= self.num_samples
+                                          for k in self.num_prototypes):
             raise ValueError(f"num_prototypes must be a non-empty list of cluster counts in [2, num_samples], "
                              f"got {self.num_prototypes}")
 
@@ -98,7 +108,8 @@ class DeepClusterV2(Method):
     def forward(self, views: list[Tensor], index: Tensor | None = None) -> MethodOutput:
         if index is None:
             raise ValueError("DeepCluster-v2 needs the dataset indices of the batch: call method(views, index=idx)")
-        z = [F.normalize(t.float(), dim=1) for t in encode_views(lambda x: self.projector(self.backbone(x)), views)]
+        z = [F.normalize(full_precision(t), dim=1)
+             for t in encode_views(lambda x: self.projector(self.backbone(x)), views)]
         heads = range(len(self.cfg.num_prototypes))
         scores = [[zv @ self.prototypes(h).T for zv in z] for h in heads]
         if self.has_labels:
@@ -112,7 +123,7 @@ class DeepClusterV2(Method):
             loss = loss - torch.stack([bounds.marginal_entropy(D.gather(p), check=False) for p in probs]).mean()
         if self.training:
             self._remember(D.gather(index), [D.gather(zv.detach()) for zv in z[:2]])
-        target = (F.one_hot(D.gather(labels[0]), self.cfg.num_prototypes[0]).float() if self.has_labels
+        target = (F.one_hot(D.gather(labels[0]), self.cfg.num_prototypes[0]).to(z[0].dtype) if self.has_labels
                   else torch.softmax(D.gather(scores[0][0]).detach() / self.cfg.temperature, dim=1))
         metrics = continuous_metrics(D.gather(z[0]), D.gather(z[1]), D.gather(z[0]), self.cfg.kappa)
         metrics.update(discrete_metrics(target, D.gather(scores[0][1]) / self.cfg.temperature))

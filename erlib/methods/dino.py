@@ -25,7 +25,15 @@ from torch import Tensor, nn
 
 from erlib import bounds
 from erlib import distributed as D
-from erlib.methods.common import Method, MethodConfig, MethodOutput, continuous_metrics, discrete_metrics, encode_views
+from erlib.methods.common import (
+    Method,
+    MethodConfig,
+    MethodOutput,
+    continuous_metrics,
+    discrete_metrics,
+    encode_views,
+    full_precision,
+)
 from erlib.nn import DINOHead
 from erlib.schedules import ema_momentum, ema_update_
 
@@ -33,8 +41,9 @@ from erlib.schedules import ema_momentum, ema_update_
 def dino_loss(student_logits: list[Tensor], teacher_logits: list[Tensor], center: Tensor, student_temp: float,
               teacher_temp: float) -> Tensor:
     """Mean over (teacher global view t, student view s ≠ t) of CE(softmax((g_t − c)/τ_t), softmax(g_s/τ_s))."""
-    targets = [torch.softmax((g.detach().float() - center) / teacher_temp, dim=1) for g in teacher_logits]
-    log_ps = [torch.log_softmax(g.float() / student_temp, dim=1) for g in student_logits]
+    targets = [torch.softmax((full_precision(g.detach()) - center) / teacher_temp, dim=1)
+               for g in teacher_logits]
+    log_ps = [torch.log_softmax(full_precision(g) / student_temp, dim=1) for g in student_logits]
     terms = [-(p_t * log_ps[s]).sum(dim=1).mean()
              for t, p_t in enumerate(targets) for s in range(len(log_ps)) if s != t]
     return torch.stack(terms).mean()
@@ -42,7 +51,7 @@ def dino_loss(student_logits: list[Tensor], teacher_logits: list[Tensor], center
 
 def center_update(center: Tensor, teacher_logits: list[Tensor], momentum: float) -> Tensor:
     r"""DINO's center EMA over the global batch: :math:`c \leftarrow m\,c + (1-m)\,\frac1{VB}\sum_{v,i} g_{t,v,i}`."""
-    batch_center = D.all_reduce_mean(torch.cat(teacher_logits).detach().float().mean(dim=0))
+    batch_center = D.all_reduce_mean(full_precision(torch.cat(teacher_logits).detach()).mean(dim=0))
     return momentum * center + (1 - momentum) * batch_center
 
 
@@ -63,12 +72,12 @@ class DINOConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positive("out_dim", "hidden_dim", "bottleneck_dim", "student_temp", "teacher_temp",
-                      "warmup_teacher_temp")
+        self.positive("student_temp", "teacher_temp", "warmup_teacher_temp")
+        self.integer("out_dim", "hidden_dim", "bottleneck_dim")
         self.in_range("teacher_temp_warmup", 0.0, 1.0)
         self.in_range("center_momentum", 0.0, 1.0)
         self.in_range("tau_base", 0.0, 1.0)
-        self.in_range("freeze_last_layer_steps", 0, float("inf"))
+        self.integer("freeze_last_layer_steps", low=0)
 
 
 class DINO(Method):
@@ -99,17 +108,17 @@ class DINO(Method):
         with torch.no_grad():
             e_t = encode_views(lambda x: self.teacher["head"].embed(self.teacher["backbone"](x)), views[:2])
             g_t = [self.teacher["head"].logits(e) for e in e_t]
-        center = self.center if self.cfg.centering else torch.zeros_like(self.center)
+        center = self.center.clone() if self.cfg.centering else torch.zeros_like(self.center)  # before this update
         tau_t = self.teacher_temperature()
         loss = dino_loss(g_s, g_t, center, self.cfg.student_temp, tau_t)
         if self.er:
-            p_s = torch.cat([torch.softmax(g.float() / self.cfg.student_temp, dim=1) for g in g_s])
+            p_s = torch.cat([torch.softmax(full_precision(g) / self.cfg.student_temp, dim=1) for g in g_s])
             loss = loss - bounds.marginal_entropy(D.gather(p_s), check=False)
         if self.training and self.cfg.centering:
             self.center.copy_(center_update(self.center, g_t, self.cfg.center_momentum))
-        target = torch.softmax((D.gather(g_t[0]).float() - center) / tau_t, dim=1)
+        target = torch.softmax((full_precision(D.gather(g_t[0])) - center) / tau_t, dim=1)
         metrics = continuous_metrics(D.gather(e_s[1]), D.gather(e_t[0]), D.gather(e_s[0]), self.cfg.kappa)
-        metrics.update(discrete_metrics(target, D.gather(g_s[1]).float() / self.cfg.student_temp))
+        metrics.update(discrete_metrics(target, full_precision(D.gather(g_s[1])) / self.cfg.student_temp))
         metrics["teacher_temp"] = loss.new_tensor(tau_t)
         metrics["ema_momentum"] = loss.new_tensor(self.momentum)
         return MethodOutput(loss, metrics)

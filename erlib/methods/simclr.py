@@ -22,13 +22,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from erlib import distributed as D
-from erlib.methods.common import Method, MethodConfig, MethodOutput, continuous_metrics, encode_views, er_objective
+from erlib.methods.common import (
+    Method,
+    MethodConfig,
+    MethodOutput,
+    continuous_metrics,
+    encode_views,
+    er_objective,
+    full_precision,
+)
 from erlib.nn import MLP
 
 
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """NT-Xent (normalised temperature-scaled cross-entropy) of two batches of projections (normalised inside)."""
-    u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    u = F.normalize(full_precision(torch.cat([z1, z2])), dim=1)
     n = z1.shape[0]
     logits = (u @ u.T / temperature).fill_diagonal_(float("-inf"))
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(u.device)
@@ -44,7 +52,8 @@ class SimCLRConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positive("temperature", "proj_dim", "proj_hidden_dim", "proj_layers")
+        self.positive("temperature")
+        self.integer("proj_dim", "proj_hidden_dim", "proj_layers")
 
 
 class SimCLR(Method):
@@ -56,7 +65,7 @@ class SimCLR(Method):
         self.projector = MLP(self.backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
 
     def forward(self, views: list[Tensor], index: Tensor | None = None) -> MethodOutput:
-        z1, z2 = (D.gather(F.normalize(z.float(), dim=1))
+        z1, z2 = (D.gather(F.normalize(full_precision(z), dim=1))
                   for z in encode_views(lambda x: self.projector(self.backbone(x)), views[:2]))
         kappa = 1.0 / self.cfg.temperature
         if self.er:

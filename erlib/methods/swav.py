@@ -20,17 +20,23 @@ marginal entropy of every crop's predictions:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from erlib import bounds
 from erlib import distributed as D
-from erlib.methods.common import Method, MethodConfig, MethodOutput, continuous_metrics, discrete_metrics, encode_views
+from erlib.methods.common import (
+    Method,
+    MethodConfig,
+    MethodOutput,
+    continuous_metrics,
+    discrete_metrics,
+    encode_views,
+    full_precision,
+)
 from erlib.nn import MLP, Prototypes
 
 
@@ -42,10 +48,8 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
     {each prototype's mass → 1/K; each sample's mass → 1/B}; finally each sample's column is scaled to sum to 1. Under
     DDP the sums run over the global batch (each rank passes its own rows and gets its own codes back).
     """
-    logits = scores.float() / epsilon
-    shift = logits.max()
-    if D.is_distributed():
-        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    logits = full_precision(scores) / epsilon
+    shift = D.all_reduce_max(logits.max())
     q = torch.exp(logits - shift).T  # K x B; a common shift cancels in the first normalisation
     n_samples = q.shape[1] * D.world_size()
     n_protos = q.shape[0]
@@ -58,7 +62,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
 def swapped_prediction(codes: list[Tensor], scores: list[Tensor], temperature: float) -> Tensor:
     """Mean cross-entropy of every crop's softmax(scores/τ) to the codes of every *other* assigned crop."""
-    terms = [-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(dim=1).mean()
+    terms = [-(q * F.log_softmax(full_precision(scores[v]) / temperature, dim=1)).sum(dim=1).mean()
              for a, q in enumerate(codes) for v in range(len(scores)) if v != a]
     return torch.stack(terms).mean()
 
@@ -85,10 +89,9 @@ class SwAVConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.positive("proj_hidden_dim", "proj_dim", "num_prototypes", "temperature", "epsilon",
-                      "sinkhorn_iterations")
-        for name in ("freeze_prototypes_steps", "queue_length", "queue_start_epoch"):
-            self.in_range(name, 0, math.inf)
+        self.positive("temperature", "epsilon")
+        self.integer("proj_hidden_dim", "proj_dim", "num_prototypes", "sinkhorn_iterations")
+        self.integer("freeze_prototypes_steps", "queue_length", "queue_start_epoch", low=0)
 
 
 class SwAV(Method):
@@ -111,7 +114,8 @@ class SwAV(Method):
         return q[queued.shape[0]:]
 
     def forward(self, views: list[Tensor], index: Tensor | None = None) -> MethodOutput:
-        z = [F.normalize(t.float(), dim=1) for t in encode_views(lambda x: self.projector(self.backbone(x)), views)]
+        z = [F.normalize(full_precision(t), dim=1)
+             for t in encode_views(lambda x: self.projector(self.backbone(x)), views)]
         frozen = self.step < self.cfg.freeze_prototypes_steps
         scores = [self.prototypes(zv, detach=frozen) for zv in z]
         if self.er and not self.cfg.keep_sinkhorn:
