@@ -57,8 +57,10 @@ def parse_value(text: str):
 
 def run_notebooks(preset: str = "tiny", only: list[str] | None = None, parameters: dict | None = None,
                   out_root: Path | str = "runs/notebooks", notebook_dir: Path = NOTEBOOK_DIR,
-                  progress: bool = True) -> list[NotebookResult]:
-    """Execute the notebooks with papermill; returns one :class:`NotebookResult` per notebook (failures included)."""
+                  progress: bool = True, cell_timeout: int = 1800) -> list[NotebookResult]:
+    """Execute the notebooks with papermill; returns one :class:`NotebookResult` per notebook (failures included).
+
+    A cell running longer than ``cell_timeout`` seconds fails its notebook instead of hanging the batch."""
     import papermill as pm
 
     if preset not in PRESETS:
@@ -74,7 +76,7 @@ def run_notebooks(preset: str = "tiny", only: list[str] | None = None, parameter
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(book), str(output), parameters=params, cwd=str(book.parent),
-                                progress_bar=progress, kernel_name="python3")
+                                progress_bar=progress, kernel_name="python3", execution_timeout=cell_timeout)
             status, error = "ok", ""
         except Exception as exc:  # papermill raises PapermillExecutionError with the failing cell
             status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"

@@ -161,3 +161,33 @@ def show(panels: Panel | Sequence[Panel], name: str, output_dir: str | Path | No
         written["html"] = out / f"{name}.html"
         to_plotly(panels, title).write_html(written["html"], include_plotlyjs="directory", full_html=True)
     return written
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Figures from run folders (erlib.runs): one colour per method, solid = original, dashed = ER variant
+# ----------------------------------------------------------------------------------------------------------------------
+
+METHOD_ORDER = ("simclr", "deepcluster", "swav", "byol", "dino")
+
+
+def run_label(config: dict) -> str:
+    """'BYOL-ER', 'SwAV', ... plus any label stored in the config's name after a '@' (e.g. 'byol@tau0.9')."""
+    names = {"simclr": "SimCLR", "deepcluster": "DeepCluster-v2", "swav": "SwAV", "byol": "BYOL", "dino": "DINO"}
+    label = names.get(config["method"], config["method"]) + ("-ER" if config.get("er") else "")
+    tag = config.get("name", "").partition("@")[2]
+    return f"{label} ({tag})" if tag else label
+
+
+def run_series(run, key: str, kind: str = "epoch", color: str | None = None, name: str | None = None) -> Series:
+    """One run's metric ``key`` as a :class:`Series` in the run's method colour (dashed for ER variants)."""
+    xs, ys = run.series(key, kind)
+    method = run.config["method"]
+    default = color_for(METHOD_ORDER.index(method)) if method in METHOD_ORDER else None
+    return Series(xs, ys, name or run_label(run.config), color=color or default, dash=bool(run.config.get("er")))
+
+
+def runs_panel(runs, key: str, title: str, ylabel: str, kind: str = "epoch", hlines=None) -> Panel:
+    """A panel of metric ``key`` for several runs (those that logged it)."""
+    series = [run_series(r, key, kind) for r in runs if r.series(key, kind)[0]]
+    return Panel(series, title=title, xlabel="epoch" if kind == "epoch" else "step", ylabel=ylabel,
+                 hlines=list(hlines or []))

@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -231,8 +232,11 @@ class _State:
     step: int = 0  # optimiser steps completed
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train (or, with ``resume=True``, continue) the run ``cfg`` describes; returns its run folder."""
+def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], None] | None = None) -> Path:
+    """Train (or, with ``resume=True``, continue) the run ``cfg`` describes; returns its run folder.
+
+    ``callback(record)`` receives every metrics record as it is written (rank 0), e.g. a live notebook dashboard.
+    """
     cfg.validate()
     device = _resolve_device(cfg)
     _setup_distributed(str(device))
@@ -334,6 +338,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 t_last, imgs_since = now, 0
                 if main:
                     append_jsonl(metrics_path, record)
+                    if callback:
+                        callback(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record.get('eta_online', 0):.2f}")
         state.epoch = epoch + 1
         _check_finite(int(bad_step), epoch, ckpt_path)
@@ -341,9 +347,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         save = state.epoch == cfg.epochs or (cfg.checkpoint_every and state.epoch % cfg.checkpoint_every == 0)
         if main:
             append_jsonl(metrics_path, record)
+            if callback:
+                callback(record)
             if record.get("monitor_eta_online", 1.0) < 0.05:
                 warnings.warn(f"{run_dir.name}: entropy at its floor after epoch {state.epoch} "
-                              f"(monitor η = {record['monitor_eta_online']:.3f}): the representation has collapsed")
+                              f"(monitor η = {record['monitor_eta_online']:.3f}): the representation has collapsed",
+                              stacklevel=2)
             if save:
                 atomic_torch_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                                    "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),

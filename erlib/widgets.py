@@ -63,7 +63,10 @@ def point_cloud(kind: Cloud, k: int, d: int, m: int = 10, noise: float = 0.05, s
 
 
 def _sphere_log_area(d: int) -> float:
-    r""":math:`\log|\mathbb S^{d-1}| = \log 2 + \tfrac d2\log\pi - \log\Gamma(\tfrac d2)`: the entropy of the uniform law."""
+    r"""Entropy of the uniform law on the sphere.
+
+    .. math:: \log|\mathbb S^{d-1}| = \log 2 + \tfrac d2\log\pi - \log\Gamma(\tfrac d2)
+    """
     return math.log(2) + 0.5 * d * math.log(math.pi) - math.lgamma(d / 2)
 
 
@@ -95,7 +98,7 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
         raise ValueError(f"cloud must be one of {tuple(CLOUDS.values())}, got {cloud!r}")
     style = {"description_width": "110px"}
     controls = {
-        "kappa": w.FloatLogSlider(value=kappa, base=10, min=math.log10(0.5), max=math.log10(50), step=0.05,
+        "kappa": w.FloatLogSlider(value=kappa, base=10, min=-0.3, max=1.7, step=0.05,  # κ from 0.5 to 50
                                   description="κ (= 1/τ)", style=style, continuous_update=False),
         "k": w.SelectionSlider(options=_with(_K_OPTIONS, k), value=k, description="batch size k", style=style,
                                continuous_update=False),
@@ -111,7 +114,7 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
     box = w.VBox([w.HBox([controls["kappa"], controls["k"], controls["d"]]),
                   w.HBox([controls["cloud"], controls["m"], controls["estimator"], controls["leave_one_out"]]),
                   numbers, out])
-    kappas = torch.logspace(math.log10(0.5), math.log10(50), n_grid, dtype=torch.float64).tolist()
+    kappas = torch.logspace(-0.3, 1.7, n_grid, dtype=torch.float64).tolist()
 
     def update(_change: object = None) -> None:
         c = {name: ctrl.value for name, ctrl in controls.items()}
