@@ -2,6 +2,9 @@ r"""Interactive explorers (ipywidgets) for the estimators of :mod:`erlib.bounds`
 
 * :func:`point_cloud` draws the synthetic batches the notebooks and the playground use: uniform on the sphere,
   ``m`` tight clusters, or fully collapsed.
+* :class:`TrainingDashboard` is the live training view: pass its :meth:`~TrainingDashboard.update` as the
+  ``callback`` of :func:`erlib.train.train` and it redraws η, reconstruction, the ER / InfoNCE estimates and kNN accuracy
+  as the records arrive.
 * :func:`kde_playground` is the estimator playground of notebook 02: sliders for the vMF concentration κ, the batch
   size k and the dimension d, a choice of point cloud and of estimator (Joe / plug-in, self-term / leave-one-out). On
   every change it recomputes the KDE entropy :math:`\hat H` (:func:`erlib.bounds.kde_entropy`) and the normalised
@@ -25,7 +28,7 @@ from torch import Tensor
 from erlib import bounds
 from erlib.plots import Panel, Series, color_for, to_plotly
 
-__all__ = ["CLOUDS", "point_cloud", "kde_playground"]
+__all__ = ["CLOUDS", "point_cloud", "kde_playground", "TrainingDashboard"]
 
 Cloud = Literal["uniform", "clusters", "collapsed"]
 
@@ -158,16 +161,20 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
             box.figure_3d.update_layout(title="the batch on the sphere", height=420, width=460,
                                         scene=dict(aspectmode="cube"), margin=dict(t=40, l=0, r=0, b=0))
         if _in_kernel():
-            with out:
-                out.clear_output(wait=True)
-                box.figure.show()
-                if c["d"] == 3:
-                    box.figure_3d.show()
+            _show_in(out, box.figure, *([box.figure_3d] if c["d"] == 3 else []))
 
     for ctrl in controls.values():
         ctrl.observe(update, names="value")
     update()
     return box
+
+
+def _show_in(out, *figures) -> None:
+    """Replace the contents of an Output widget by ``figures``. Writes the widget's state directly instead of capturing
+    with ``with out:``, whose message redirection can leave a headless (papermill) execution waiting for ever."""
+    out.outputs = ()
+    for fig in figures:
+        out.append_display_data(fig)
 
 
 def _in_kernel() -> bool:
@@ -177,3 +184,59 @@ def _in_kernel() -> bool:
     except ImportError:
         return False
     return get_ipython() is not None
+
+
+class TrainingDashboard:
+    """Live curves of a training run in a notebook: entropy (η), reconstruction, ER and InfoNCE estimates, kNN.
+
+    ``dashboard = TrainingDashboard("BYOL-ER"); train(cfg, callback=dashboard.update)``. Training-batch values are
+    drawn against the step, monitor-batch values and kNN against the epoch (converted to steps). Redraws at most
+    every ``redraw_every`` records; :attr:`panels` holds the current figure for :func:`erlib.plots.show`.
+    """
+
+    PANELS = (("eta_online", "η (normalised entropy)", [(1.0, "log k ceiling"), (0.0, "collapse")]),
+              ("reconstruction", "mean cosine (reconstruction)", []),
+              ("er_bound", "ER / InfoNCE estimate (nats)", []),
+              ("knn200", "kNN accuracy (k=200)", []))
+
+    def __init__(self, title: str = "training", redraw_every: int = 1):
+        import ipywidgets as widgets
+
+        self.title, self.redraw_every = title, redraw_every
+        self.records: list[dict] = []
+        self.output = widgets.Output(layout={"border": "1px solid #ddd"})
+        self.status = widgets.HTML(f"<b>{title}</b>: waiting for the first metrics…")
+        self.widget = widgets.VBox([self.status, self.output])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def update(self, record: dict) -> None:
+        """Add one metrics record (as written to metrics.jsonl) and redraw."""
+        self.records.append(record)
+        last = record
+        self.status.value = (f"<b>{self.title}</b>: epoch {last['epoch']}, step {last['step']}"
+                             + (f", loss {last['loss']:.3f}" if "loss" in last else "")
+                             + (f", kNN {last['knn200']:.3f}" if "knn200" in last else ""))
+        if len(self.records) % self.redraw_every == 0 and _in_kernel():
+            _show_in(self.output, to_plotly(self.panels, self.title))
+
+    def _series(self, key: str, kind: str, name: str, color: str, dash: bool = False) -> Series | None:
+        pts = [(r["step"], r[key]) for r in self.records if r.get("kind") == kind and key in r]
+        return Series([p[0] for p in pts], [p[1] for p in pts], name, color, dash) if pts else None
+
+    @property
+    def panels(self) -> list[Panel]:
+        out = []
+        for key, label, hlines in self.PANELS:
+            candidates = [self._series(key, "train", "training batch", color_for(0)),
+                          self._series(f"monitor_{key}", "epoch", "monitor batch", color_for(1), dash=True)]
+            if key == "er_bound":
+                candidates += [self._series("infonce", "train", "InfoNCE (training batch)", color_for(2))]
+            if key == "knn200":
+                candidates = [self._series("knn200", "epoch", "kNN k=200", color_for(3)),
+                              self._series("knn20", "epoch", "kNN k=20", color_for(4), dash=True)]
+            out.append(Panel([c for c in candidates if c is not None], label, "step", label, hlines=hlines))
+        return out

@@ -1,0 +1,89 @@
+"""Ready-made training configurations for the notebooks: ``tiny`` (a 2-core CPU in minutes) and ``full`` (one GPU).
+
+``tiny``: the tiny ConvNet on 2,000 images of CIFAR-10 (JPEG q75 copy, the offline pack; a synthetic set where the
+pack is missing), batch 128, a few epochs, SGD. ``full``: ResNet-18 with the CIFAR stem on all of CIFAR-10, batch
+256, LARS with warm-up and cosine decay, per-method learning rates and heads from solo-learn's CIFAR recipes
+(ER-SPEC.md §2, §3.5), scaled linearly with the batch size.
+
+:func:`ensure_run` trains a configuration unless a finished run of the same name exists, so that later notebooks
+(dynamics, evaluation) reuse the runs earlier ones produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from erlib.data import CIFAR10_PACK, find_file
+from erlib.runs import Run, load_checkpoint, load_run
+from erlib.train import TrainConfig, train
+
+__all__ = ["PRESETS", "preset_config", "ensure_run", "run_name"]
+
+PRESETS = ("tiny", "full")
+
+# solo-learn's CIFAR learning rates (LARS, batch 256) and head sizes; the tiny preset shrinks the heads
+_FULL_LR = {"simclr": 0.4, "deepcluster": 0.6, "swav": 0.6, "byol": 1.0, "dino": 0.3}
+_FULL_WD = {"simclr": 1e-5, "deepcluster": 1e-6, "swav": 1e-6, "byol": 1e-5, "dino": 1e-6}
+_TINY_HEADS = {
+    "simclr": {"proj_hidden_dim": 256, "proj_dim": 64},
+    "deepcluster": {"proj_hidden_dim": 256, "proj_dim": 64, "num_prototypes": (100, 100)},
+    "swav": {"proj_hidden_dim": 256, "proj_dim": 64, "num_prototypes": 100},
+    "byol": {"proj_hidden_dim": 256, "proj_dim": 64, "pred_hidden_dim": 256},
+    "dino": {"hidden_dim": 256, "bottleneck_dim": 64, "out_dim": 256},
+}
+_FULL_HEADS = {"deepcluster": {"num_prototypes": (3000, 3000, 3000)}, "dino": {"tau_base": 0.9995}}
+
+
+def _tiny_dataset() -> str:
+    try:
+        find_file(CIFAR10_PACK)
+        return "cifar10-jpeg75"
+    except FileNotFoundError:
+        return "synthetic"
+
+
+def run_name(method: str, er: bool, tag: str = "") -> str:
+    """``byol-er``, ``dino@no-centering``: the run folder name a notebook uses for a configuration."""
+    return f"{method}{'-er' if er else ''}" + (f"@{tag}" if tag else "")
+
+
+def preset_config(preset: str, method: str, er: bool = False, tag: str = "", runs_dir: str = "runs/notebook-runs",
+                  method_options: dict | None = None, **overrides) -> TrainConfig:
+    """The :class:`~erlib.train.TrainConfig` of ``method`` (and its ER variant) in a preset; ``overrides`` win."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if preset == "tiny":
+        base = dict(backbone="convnet_tiny", dataset=_tiny_dataset(), train_subset=2000, epochs=3, batch_size=128,
+                    optimizer="sgd", lr=0.1, weight_decay=1e-5, warmup_epochs=0.0, knn_test_size=1000,
+                    monitor_size=256, log_every=5, progress=False)
+        options = dict(_TINY_HEADS[method])
+    else:
+        batch = overrides.get("batch_size", 256)
+        base = dict(backbone="resnet18_cifar", dataset="cifar10-jpeg75", epochs=100, batch_size=batch,
+                    optimizer="lars", lr=_FULL_LR[method] * batch / 256, min_lr=0.0, weight_decay=_FULL_WD[method],
+                    warmup_epochs=10.0, monitor_size=512, log_every=50, progress=True)
+        options = dict(_FULL_HEADS.get(method, {}))
+    options.update(method_options or {})
+    fields = {**base, **overrides}
+    fields["warmup_epochs"] = min(fields["warmup_epochs"], fields["epochs"])
+    return TrainConfig(method=method, er=er, method_options=options, out_dir=str(runs_dir),
+                       name=run_name(method, er, tag), **fields).validate()
+
+
+def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None) -> Run:
+    """The finished run of ``cfg``: reused when its folder holds a final checkpoint of the same configuration,
+    resumed when it was interrupted, trained otherwise."""
+    path = Path(cfg.out_dir) / cfg.name
+    ckpt = path / "checkpoint.pt"
+    if (path / "config.json").is_file():
+        same = json.loads((path / "config.json").read_text()) == json.loads(cfg.to_json())
+        if same and ckpt.is_file() and load_checkpoint(ckpt)["epoch"] == cfg.epochs:
+            return load_run(path)
+        if same and ckpt.is_file():
+            return load_run(train(cfg, resume=True, callback=callback))
+        for stale in ("metrics.jsonl", "checkpoint.pt", "eval.json"):  # a different configuration: start afresh
+            (path / stale).unlink(missing_ok=True)
+    return load_run(train(dataclasses.replace(cfg), callback=callback))
