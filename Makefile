@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.erlib-installed
 
-.PHONY: setup test demo lab clean-runs
+.PHONY: setup test demo lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) -m erlib bench
 
 clean-runs:
 	rm -rf runs/

@@ -4,6 +4,7 @@
     python -m erlib train --resume runs/<name>
     python -m erlib eval runs/<name>
     python -m erlib notebooks --preset tiny|full [--only 01,02] [-p key value ...]
+    python -m erlib bench [--methods simclr,byol] [--batch-size 512] [--compile]
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from erlib.bench import BenchConfig, format_table, run_benchmark, write_report
+
+    cfg = BenchConfig(methods=args.methods.split(","), er_variants=not args.no_er, backbone=args.backbone,
+                      dataset=args.dataset, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
+                      repeats=args.repeats, baseline_workers=args.workers, baseline=not args.no_baseline,
+                      compile=args.compile, small_heads=args.small_heads, device=args.device)
+    report = run_benchmark(cfg)
+    print(format_table(report))
+    out = args.out or f"runs/bench/bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    print(f"JSON: {write_report(report, out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m erlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in this folder")
     _add_train_flags(tr)
     tr.set_defaults(func=_train)
+    be = sub.add_parser("bench", help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline")
+    be.add_argument("--methods", default="simclr,deepcluster,swav,byol,dino")
+    be.add_argument("--no-er", action="store_true", help="originals only")
+    be.add_argument("--backbone", default="resnet18_cifar")
+    be.add_argument("--dataset", default="cifar10-jpeg75")
+    be.add_argument("--batch-size", type=int, default=512)
+    be.add_argument("--warmup", type=int, default=10)
+    be.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    be.add_argument("--repeats", type=int, default=5, help="timed windows (the median is reported)")
+    be.add_argument("--workers", type=int, default=8, help="DataLoader workers of the baseline")
+    be.add_argument("--no-baseline", action="store_true")
+    be.add_argument("--compile", action="store_true", help="torch.compile the erlib step")
+    be.add_argument("--small-heads", action="store_true", help="the tiny preset's heads (CPU smoke runs)")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--out", default="", help="JSON path (default runs/bench/bench-<timestamp>.json)")
+    be.set_defaults(func=_bench)
     ev = sub.add_parser("eval", help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint")
     ev.add_argument("run", help="run folder, e.g. runs/simclr-20261129-120000")
     ev.add_argument("--device", default="auto")

@@ -20,14 +20,14 @@ from erlib.data import CIFAR10_PACK, find_file
 from erlib.runs import Run, load_checkpoint, load_run
 from erlib.train import TrainConfig, train
 
-__all__ = ["PRESETS", "preset_config", "ensure_run", "run_name"]
+__all__ = ["PRESETS", "TINY_HEADS", "preset_config", "ensure_run", "run_name"]
 
 PRESETS = ("tiny", "full")
 
 # solo-learn's CIFAR learning rates (LARS, batch 256) and head sizes; the tiny preset shrinks the heads
 _FULL_LR = {"simclr": 0.4, "deepcluster": 0.6, "swav": 0.6, "byol": 1.0, "dino": 0.3}
 _FULL_WD = {"simclr": 1e-5, "deepcluster": 1e-6, "swav": 1e-6, "byol": 1e-5, "dino": 1e-6}
-_TINY_HEADS = {
+TINY_HEADS = {
     "simclr": {"proj_hidden_dim": 256, "proj_dim": 64},
     "deepcluster": {"proj_hidden_dim": 256, "proj_dim": 64, "num_prototypes": (100, 100)},
     "swav": {"proj_hidden_dim": 256, "proj_dim": 64, "num_prototypes": 100},
@@ -59,7 +59,7 @@ def preset_config(preset: str, method: str, er: bool = False, tag: str = "", run
         base = dict(backbone="convnet_tiny", dataset=_tiny_dataset(), train_subset=2000, epochs=3, batch_size=128,
                     optimizer="sgd", lr=0.1, weight_decay=1e-5, warmup_epochs=0.0, knn_test_size=1000,
                     monitor_size=256, log_every=5, progress=False)
-        options = dict(_TINY_HEADS[method])
+        options = dict(TINY_HEADS[method])
     else:
         batch = overrides.get("batch_size", 256)
         base = dict(backbone="resnet18_cifar", dataset="cifar10-jpeg75", epochs=100, batch_size=batch,

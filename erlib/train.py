@@ -34,7 +34,7 @@ from erlib.nn import BACKBONES, convert_to_global_batchnorm
 from erlib.runs import append_jsonl, atomic_torch_save, load_checkpoint
 from erlib.schedules import cosine_schedule, warmup_cosine
 
-__all__ = ["TrainConfig", "train", "LARS", "build_optimizer", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "train", "train_step", "MetricAccumulator", "LARS", "build_optimizer", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
@@ -200,7 +200,7 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-class _MetricAccumulator:
+class MetricAccumulator:
     """Sums detached metric tensors on the device; ``mean()`` reads them back once (one sync per interval)."""
 
     def __init__(self):
@@ -298,7 +298,7 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
 
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc=run_dir.name)
-    acc = _MetricAccumulator()
+    acc = MetricAccumulator()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     t_last, imgs_since = time.perf_counter(), 0
     for epoch in range(state.epoch, cfg.epochs):
@@ -311,20 +311,11 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
                 cfg.weight_decay, cfg.final_weight_decay, step / total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-                if group["weight_decay"]:
-                    group["weight_decay"] = wd
+            optimizer.param_groups[0]["weight_decay"] = wd  # group 0: the weights (group 1, biases/norms: none)
             views = make_views(train_set.images[idx], recipes, views_rng)
-            if device.type == "cuda" and cfg.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = step_fn(views, index=idx)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-            optimizer.step()
             state.step += 1
-            method.update(state.step / total_steps)
+            out = train_step(step_fn, method, optimizer, views, idx, amp, cfg.grad_clip, state.step / total_steps,
+                             channels_last=device.type == "cuda" and cfg.channels_last)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out.loss.detach()), step, bad_step)
             acc.add({"loss": out.loss, **out.metrics})
             imgs_since += cfg.batch_size
@@ -360,6 +351,27 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
                                   ckpt_path)
     bar.close()
     return run_dir
+
+
+def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, views: list[Tensor],
+               index: Tensor | None, amp: torch.dtype | None, grad_clip: float, progress: float,
+               channels_last: bool = False):
+    """One optimisation step: forward under autocast, backward, (clip,) optimiser step, then ``method.update``.
+
+    ``model`` is the method itself or its DDP / compiled wrapper. Returns the method's output (loss and metrics on the
+    device; nothing is read back to the host)."""
+    if channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    device_type = views[0].device.type
+    with torch.autocast(device_type, dtype=amp, enabled=amp is not None):
+        out = model(views, index=index)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(method.parameters(), grad_clip)
+    optimizer.step()
+    method.update(progress)
+    return out
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
