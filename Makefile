@@ -16,8 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# two workers; the notebooks run in order on one of them (they share their training runs)
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 demo: $(STAMP)
 	$(PY) -m erlib notebooks --preset tiny
