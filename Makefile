@@ -16,9 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-# two workers; the notebooks run in order on one of them (they share their training runs)
+# two workers, one test file at a time each: the notebooks run in order on one worker (they share their runs)
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(PY) -m erlib notebooks --preset tiny

@@ -32,7 +32,6 @@ def shared_runs_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_in_tiny_preset_and_saves_figures(path, tmp_path, shared_runs_dir):
     params = {"runs_dir": str(shared_runs_dir)} if "runs_dir" in parameters_source(path) else {}
@@ -52,7 +51,6 @@ def parameters_source(path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("notebooks")
 def test_injected_parameter_takes_effect(tmp_path):
     # the quickstart trains the method and epochs it is given: the run folder must show them
     params = {"runs_dir": str(tmp_path / "runs"), "method": "simclr", "er": False, "epochs": 1}

@@ -63,6 +63,7 @@ class BYOLConfig(MethodConfig):
 
 class BYOL(Method):
     name = "byol"
+    ema_modules = ("target",)
     Config = BYOLConfig
 
     def __init__(self, cfg: BYOLConfig):

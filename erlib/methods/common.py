@@ -93,9 +93,19 @@ class Method(nn.Module):
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone)
 
+    #: EMA target / teacher modules: they always normalise with batch statistics, as in the training forward (their
+    #: BN buffers are copies of the online network's, which would not match their lagging weights in eval mode).
+    ema_modules: ClassVar[tuple[str, ...]] = ()
+
     @property
     def er(self) -> bool:
         return self.cfg.er
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        for name in self.ema_modules:
+            getattr(self, name).train(True)
+        return self
 
     def features(self, x: Tensor) -> Tensor:
         """Backbone features, the representation that kNN and linear probes evaluate."""

@@ -9,8 +9,8 @@ crop predicts its image's labels:
           -\log\operatorname{softmax}\big(\bar z_{v,i}^\top C_h/\tau\big)_{y_{h,i}} .
 
 ER reading: reconstruction of the k-means label :math:`W_2`; the partition keeps :math:`H(W_2)` (the entropy of the
-cluster sizes) high (ER-SPEC.md §2.2). Until the bank is full (the first epoch) the loss is zero: the bank is filled
-by the forward passes.
+cluster sizes) high (ER-SPEC.md §2.2). During the first epoch the loss is zero: the forward passes fill the bank.
+Images the bank has not seen at a clustering (the sampler drops a last partial batch) carry no label until the next.
 
 **DeepCluster-v2-ER** ([DESIGN], lowest-confidence variant): the same reconstruction plus minus the marginal entropy
 of the predictions of every head, :math:`\mathcal L_{ER} = \mathcal L - \frac1H\sum_h H(\bar p_h)`.
@@ -63,8 +63,11 @@ def spherical_kmeans(x: Tensor, k: int, iterations: int = 10, init: Tensor | Non
 
 
 def deepcluster_loss(scores: Tensor, assignments: Tensor, temperature: float) -> Tensor:
-    """Cross-entropy of softmax(scores/τ) [B, K] to the hard labels ``assignments`` [B]."""
-    return F.cross_entropy(full_precision(scores) / temperature, assignments)
+    """Cross-entropy of softmax(scores/τ) [B, K] to the hard labels ``assignments`` [B]; label −1 (an image without a
+    cluster yet) is skipped, and a batch without any label gives 0."""
+    per_sample = F.cross_entropy(full_precision(scores) / temperature, assignments.clamp_min(0), reduction="none")
+    labelled = (assignments >= 0).to(per_sample.dtype)
+    return (per_sample * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 @dataclass
@@ -113,7 +116,7 @@ class DeepClusterV2(Method):
         heads = range(len(self.cfg.num_prototypes))
         scores = [[zv @ self.prototypes(h).T for zv in z] for h in heads]
         if self.has_labels:
-            labels = self.assignments[:, index]
+            labels = self.assignments[:, index]  # -1: an image the bank had not seen at the last clustering
             loss = torch.stack([deepcluster_loss(s, labels[h], self.cfg.temperature)
                                 for h in heads for s in scores[h]]).mean()
         else:
@@ -123,7 +126,8 @@ class DeepClusterV2(Method):
             loss = loss - torch.stack([bounds.marginal_entropy(D.gather(p), check=False) for p in probs]).mean()
         if self.training:
             self._remember(D.gather(index), [D.gather(zv.detach()) for zv in z[:2]])
-        target = (F.one_hot(D.gather(labels[0]), self.cfg.num_prototypes[0]).to(z[0].dtype) if self.has_labels
+        target = (F.one_hot(D.gather(labels[0]).clamp_min(0), self.cfg.num_prototypes[0]).to(z[0].dtype)
+                  if self.has_labels
                   else torch.softmax(D.gather(scores[0][0]).detach() / self.cfg.temperature, dim=1))
         metrics = continuous_metrics(D.gather(z[0]), D.gather(z[1]), D.gather(z[0]), self.cfg.kappa)
         metrics.update(discrete_metrics(target, D.gather(scores[0][1]) / self.cfg.temperature))
@@ -139,15 +143,18 @@ class DeepClusterV2(Method):
     def cluster(self, epoch: int = 0) -> None:
         """k-means per head on the memory bank; prototypes ← centroids, labels ← assignments (same on every rank)."""
         generator = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        seen = self.seen.nonzero().squeeze(1)
         for h, k in enumerate(self.cfg.num_prototypes):
-            centroids, assign = spherical_kmeans(self.memory[h % 2], k, self.cfg.kmeans_iterations,
+            centroids, assign = spherical_kmeans(self.memory[h % 2, seen], k, self.cfg.kmeans_iterations,
                                                  generator=generator)
             self.prototypes(h).copy_(centroids)
-            self.assignments[h] = assign
+            self.assignments[h].fill_(-1)
+            self.assignments[h, seen] = assign
         self.has_labels = True
 
     def on_epoch_start(self, epoch: int) -> None:
-        if bool(self.seen.all()):  # one sync per epoch
+        # after the first epoch; images the bank has not seen (the sampler drops a last partial batch) get label -1
+        if epoch >= 1 and int(self.seen.sum()) >= max(self.cfg.num_prototypes):  # one sync per epoch
             self.cluster(epoch)
 
     def get_extra_state(self) -> dict:

@@ -82,6 +82,7 @@ class DINOConfig(MethodConfig):
 
 class DINO(Method):
     name = "dino"
+    ema_modules = ("teacher",)
     Config = DINOConfig
 
     def __init__(self, cfg: DINOConfig):
