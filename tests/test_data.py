@@ -11,13 +11,7 @@ import torch
 from erlib import data as D
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # on a shared 2-core machine OpenMP threads spinning against each other make small ops ~50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 try:
     PACK: Path | None = D.find_file(D.CIFAR10_PACK)

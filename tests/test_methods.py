@@ -46,13 +46,7 @@ VARIANT_IDS = [f"{name}{'-er' if er else ''}" for name, er in VARIANTS]
 DISCRETE_FAMILIES = {"swav", "dino", "deepcluster"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: one intra-op thread is as fast, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, er: bool = False, **overrides) -> M.Method:
