@@ -1,16 +1,24 @@
 """Command line.
 
-    python -m erlib train --method byol --er --dataset cifar10-jpeg75 --epochs 200 --batch-size 512 [...]
-    python -m erlib train --resume runs/<name>
-    python -m erlib eval runs/<name>
-    python -m erlib notebooks --preset tiny|full [--only 01,02] [-p key value ...]
-    python -m erlib bench [--methods simclr,byol] [--batch-size 512] [--compile]
+    python -m erlib train --method byol --er --epochs 200 --batch-size 512 [...]   train a method (or its ER variant)
+    python -m erlib train --preset small --method dino                           start from a notebook preset
+    python -m erlib train --resume runs/<name> [--epochs N]                       continue (or extend) a run
+    python -m erlib eval runs/<name>                                              kNN, linear probe, RankMe
+    python -m erlib methods [NAME]                                                the methods and their options
+    python -m erlib notebooks --preset tiny|small|full [--only 01,02]             execute the notebooks headless
+    python -m erlib bench [--methods simclr,byol] [--batch-size 512]              training throughput
+
+Errors are reported on one line (``error: ...``, exit status 2); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+#: Exceptions that mean "bad input or a refused request": reported on one line, exit status 2.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def _notebooks(args: argparse.Namespace) -> int:
@@ -25,52 +33,73 @@ def _notebooks(args: argparse.Namespace) -> int:
     return 1 if any(r.status != "ok" for r in results) else 0
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (--batch-size for batch_size; booleans as --flag / --no-flag)."""
-    import dataclasses
+def _field_help(f: dataclasses.Field, default: object) -> str:
+    text = f.metadata.get("help", "")
+    shown = "unset" if default is None else repr(default)
+    return f"{text} (default: {shown})" if text else f"default: {shown}"
 
-    from erlib.train import TrainConfig
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``; booleans as ``--flag`` / ``--no-flag``),
+    in the groups and with the help and choices of the field metadata. Defaults are suppressed, so that the
+    namespace holds exactly the flags given (``--resume`` refuses the others, ``--preset`` lets them override)."""
+    from erlib.config import GROUPS, TrainConfig
 
     defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    for f in TrainConfig.field_info():
+        group = groups[f.metadata["group"]]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        helptext = _field_help(f, default).replace("%", "%%")
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=helptext)
         if f.name == "method_options":
-            parser.add_argument("--opt", dest="method_options", action="append", default=[], metavar="KEY=VALUE",
-                                help="a method option, e.g. --opt tau_base=0.9 (repeatable)")
+            group.add_argument("--opt", action="append", metavar="KEY=VALUE", **common)
         elif isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
-        elif f.name == "final_weight_decay":
-            parser.add_argument(flag, dest=f.name, type=float, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif f.metadata.get("choices"):
+            choices = [c for c in f.metadata["choices"] if c != ""]
+            group.add_argument(flag, choices=choices, metavar="{" + ",".join(choices) + "}", **common)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=default, help=f"default: {default!r}")
+            kind = float if f.name == "final_weight_decay" else type(default)
+            group.add_argument(flag, type=kind, metavar=f.name.upper(), **common)
+
+
+def _method_options(items: list[str]) -> dict:
+    from erlib.notebooks import parse_value
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--opt expects KEY=VALUE, got {item!r} (e.g. --opt tau_base=0.9)")
+        options[key.strip()] = parse_value(value)
+    return options
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-    from pathlib import Path
+    from erlib.config import TrainConfig
+    from erlib.train import resume_run, train
 
-    from erlib.notebooks import parse_value
-    from erlib.train import TrainConfig, train
-
+    given = {f.name: getattr(args, f.name) for f in TrainConfig.field_info() if hasattr(args, f.name)}
     if args.resume:
-        run = Path(args.resume)
-        if not (run / "config.json").is_file():
-            raise SystemExit(f"--resume {run}: not a run folder (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-        cfg = dataclasses.replace(cfg, out_dir=str(run.parent), name=run.name)
-        print(train(cfg, resume=True))
+        extra = sorted(set(given) - {"epochs", "progress", "device"}) + (["preset"] if args.preset else [])
+        if extra:
+            flags = ", ".join("--" + ("opt" if k == "method_options" else k.replace("_", "-")) for k in extra)
+            raise ValueError(f"--resume continues a run as it was configured; it takes only --epochs (to extend it), "
+                             f"--progress/--no-progress and --device, not {flags}")
+        print(resume_run(args.resume, **given))
         return 0
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    options = {}
-    for item in values["method_options"]:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--opt expects KEY=VALUE, got {item!r}")
-        options[key] = parse_value(value)
-    values["method_options"] = options
-    print(train(TrainConfig(**values)))
+    if "method_options" in given:
+        given["method_options"] = _method_options(given["method_options"])
+    if args.preset:
+        from erlib.presets import preset_config
+
+        base = preset_config(args.preset, given.get("method", "simclr"), er=given.get("er", False),
+                             method_options=given.pop("method_options", None)).to_dict()
+        base.update(out_dir="runs", name="", progress=True)
+        given = {**base, **given}
+    print(train(TrainConfig(**given)))
     return 0
 
 
@@ -81,6 +110,30 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run, device=args.device, linear=not args.no_linear)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from erlib.methods import METHODS
+
+    if args.name and args.name not in METHODS:
+        raise ValueError(f"unknown method {args.name!r}; choose one of {sorted(METHODS)}")
+    for name in [args.name] if args.name else list(METHODS):
+        cls = METHODS[name]
+        summary = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
+        print(f"{name}: {' '.join(summary.split())}")
+        if args.name:
+            print("\noptions (--opt KEY=VALUE):")
+            for f in dataclasses.fields(cls.Config):
+                if f.name in ("backbone", "er"):
+                    continue
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+                print(f"  {f.name} = {default!r}")
+                if f.metadata.get("help"):
+                    print(f"      {f.metadata['help']}")
+        print()
+    if not args.name:
+        print("python -m erlib methods NAME lists a method's options; every method has an ER variant (--er).")
     return 0
 
 
@@ -101,14 +154,27 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from erlib.presets import PRESETS
+
     parser = argparse.ArgumentParser(prog="python -m erlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a method (or resume a run)")
-    tr.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in this folder")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    tr = sub.add_parser("train", parents=[debug], help="train a method (or resume a run)",
+                        description="Train a self-supervised method, or continue a run. Every flag is a field of "
+                                    "erlib.config.TrainConfig (written to the run's config.json).")
+    tr.add_argument("--resume", default="", metavar="RUN_DIR",
+                    help="continue the run in this folder as it was configured (only --epochs may be given, to "
+                         "extend it; a run killed before its first checkpoint restarts from step 0)")
+    tr.add_argument("--preset", choices=PRESETS, default="",
+                    help="start from a notebook preset (backbone, data, recipe and per-method learning rate); "
+                         "explicit flags override it")
     _add_train_flags(tr)
     tr.set_defaults(func=_train)
-    be = sub.add_parser("bench", help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline")
+    be = sub.add_parser("bench", parents=[debug], help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline")
     be.add_argument("--methods", default="simclr,deepcluster,swav,byol,dino")
     be.add_argument("--no-er", action="store_true", help="originals only")
     be.add_argument("--backbone", default="resnet18_cifar")
@@ -124,13 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default="auto")
     be.add_argument("--out", default="", help="JSON path (default runs/bench/bench-<timestamp>.json)")
     be.set_defaults(func=_bench)
-    ev = sub.add_parser("eval", help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint")
-    ev.add_argument("run", help="run folder, e.g. runs/simclr-20261129-120000")
-    ev.add_argument("--device", default="auto")
+    ev = sub.add_parser("eval", parents=[debug], help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint")
+    ev.add_argument("run", help="run folder, e.g. runs/simclr-20261129-120000-1a2b")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--no-linear", action="store_true", help="skip the linear probe")
     ev.set_defaults(func=_eval)
-    nb = sub.add_parser("notebooks", help="execute the numbered notebooks headless with papermill")
-    nb.add_argument("--preset", choices=("tiny", "full"), default="tiny",
+    me = sub.add_parser("methods", parents=[debug], help="the methods, and every option of one (with its default and meaning)")
+    me.add_argument("name", nargs="?", default="", help="a method name: list its options")
+    me.set_defaults(func=_methods)
+    nb = sub.add_parser("notebooks", parents=[debug], help="execute the numbered notebooks headless with papermill")
+    nb.add_argument("--preset", choices=PRESETS, default="tiny",
                     help="tiny: a CPU in minutes; full: a GPU node (default: tiny)")
     nb.add_argument("--only", default="", help="comma-separated notebook prefixes, e.g. 01,02")
     nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
@@ -142,7 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; a run continues with `python -m erlib train --resume RUN_DIR`", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from erlib.fileio import atomic_write, sha256_file
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "data_search_paths", "find_file", "load_cifar10_pack",
            "synthetic_dataset", "BatchSampler", "CIFAR10_PACK"]
@@ -27,6 +28,14 @@ CIFAR10_PACK = "cifar10-jpeg75.npz"
 CIFAR10_PACK_SHA256 = "8e74744329acdbe697d13b183526fb8118762db295a5b115c82b0f051b71e6ca"
 # first 16 hex digits of sha256(X.tobytes()) of the decoded uint8 arrays [N, 32, 32, 3] (the pack's README)
 CIFAR10_DECODED_SHA256 = {"train": "bf3aabd52be912da", "test": "5a6aa8185204d80b"}
+# first 16 hex digits of sha256 of the labels as uint8 [N] (computed from the pack, whose sha256 is checked)
+CIFAR10_LABELS_SHA256 = {"train": "a29f2a5ffc141bb1", "test": "a054c239a40ee7f2"}
+HOW_TO_GET_PACK = ("Copy the offline pack there (see data/README.md), set ERLIB_DATA_DIR, or use dataset='cifar10' "
+                   "with download=True where a network is available.")
+
+
+def _labels_digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(labels.astype(np.uint8).tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -43,6 +52,9 @@ class Dataset:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be [N] with N = {self.images.shape[0]}, got {tuple(self.labels.shape)}")
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise ValueError(f"{self.name}: labels must lie in [0, {len(self.classes)}) for its {len(self.classes)} "
+                             f"classes, got [{int(self.labels.min())}, {int(self.labels.max())}]")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -71,23 +83,11 @@ def find_file(filename: str, data_dir: str | Path | None = None, how_to_get: str
     for path in tried:
         if path.is_file():
             return path
-    lines = "\n  ".join(str(p) for p in tried)
-    raise FileNotFoundError(f"{filename} not found; tried:\n  {lines}\n{how_to_get}".rstrip())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    raise FileNotFoundError(f"{filename} not found (tried {', '.join(str(p) for p in tried)}). {how_to_get}".rstrip())
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        np.save(f, array)
-    os.replace(f.name, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _decode_split(pack, split: str) -> np.ndarray:
@@ -97,18 +97,32 @@ def _decode_split(pack, split: str) -> np.ndarray:
     out = np.empty((len(offsets) - 1, 32, 32, 3), dtype=np.uint8)
     for i in range(len(offsets) - 1):
         blob = header + scans[offsets[i]:offsets[i + 1]].tobytes()
-        out[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+        try:
+            out[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"image {i} of the {split} split of the pack cannot be decoded ({exc}); the pack is "
+                             "damaged: copy it again") from None
     return out
 
 
-def _decode_pack_to_cache(split: str, data_dir, x_path: Path, y_path: Path, classes_path: Path) -> None:
-    """Find the pack, verify its sha256 before reading it, decode one split and cache it (atomically)."""
-    path = find_file(CIFAR10_PACK, data_dir, "Copy the offline pack there (see data/README.md), set ERLIB_DATA_DIR, "
-                     "or use dataset='cifar10' with download=True where a network is available.")
-    digest = _sha256(path)
+def _verified_pack(data_dir: str | Path | None) -> Path:
+    """The pack's path (``data_dir`` only, when given), its sha256 checked before anything reads it."""
+    if data_dir:
+        path = Path(data_dir) / CIFAR10_PACK
+        if not path.is_file():
+            raise FileNotFoundError(f"data_dir {data_dir} holds neither {CIFAR10_PACK} nor a decoded cache "
+                                    f"{Path(data_dir) / 'cifar10-jpeg75'}/; {HOW_TO_GET_PACK}")
+    else:
+        path = find_file(CIFAR10_PACK, None, HOW_TO_GET_PACK)
+    digest = sha256_file(path)
     if digest != CIFAR10_PACK_SHA256:
         raise ValueError(f"{path} is corrupt or not the CIFAR-10 pack: sha256 {digest[:16]}…, expected "
                          f"{CIFAR10_PACK_SHA256[:16]}…; copy it again from the shared data folder")
+    return path
+
+
+def _decode_pack_to_cache(split: str, path: Path, x_path: Path, y_path: Path, classes_path: Path) -> None:
+    """Decode one split of the (verified) pack and cache it, atomically."""
     with np.load(path) as pack:
         images = _decode_split(pack, split)
         labels = pack[f"{split}_labels"].astype(np.int64)
@@ -118,20 +132,26 @@ def _decode_pack_to_cache(split: str, data_dir, x_path: Path, y_path: Path, clas
                          "check the Pillow/libjpeg installation")
     _atomic_save_npy(x_path, images)
     _atomic_save_npy(y_path, labels)
-    classes_path.write_text("\n".join(classes) + "\n")
+    atomic_write(classes_path, lambda f: f.write(("\n".join(classes) + "\n").encode()))
 
 
 def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
                       cache_dir: str | Path | None = None) -> Dataset:
     """CIFAR-10 (JPEG q75 copy) from the offline pack: checked by sha256, decoded once, cached as uint8 .npy.
 
-    Once decoded, the cache alone suffices (a GPU node may carry only ``data/cache/cifar10-jpeg75/``)."""
+    Once decoded, the cache alone suffices (a GPU node may carry only ``data/cache/cifar10-jpeg75/``). With
+    ``data_dir``, only that folder is used: its decoded cache ``<data_dir>/cifar10-jpeg75/`` if present, else its pack
+    (verified, then decoded into the default cache; the pixels are checked against the reference either way)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     cache = Path(cache_dir) if cache_dir else ROOT / "data" / "cache" / "cifar10-jpeg75"
+    if data_dir and not cache_dir and (Path(data_dir) / "cifar10-jpeg75" / f"{split}_x.npy").is_file():
+        cache = Path(data_dir) / "cifar10-jpeg75"
+    elif data_dir and not cache_dir:
+        _verified_pack(data_dir)  # the given folder must hold the data
     x_path, y_path, classes_path = cache / f"{split}_x.npy", cache / f"{split}_y.npy", cache / "classes.txt"
     if not (x_path.is_file() and y_path.is_file() and classes_path.is_file()):
-        _decode_pack_to_cache(split, data_dir, x_path, y_path, classes_path)
+        _decode_pack_to_cache(split, _verified_pack(data_dir), x_path, y_path, classes_path)
     try:
         images, labels = np.load(x_path), np.load(y_path)
         classes = classes_path.read_text().split()
@@ -141,6 +161,10 @@ def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
     if (images.shape != (len(labels), 32, 32, 3) or len(classes) != 10
             or hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]):
         raise ValueError(f"the decoded cache {x_path} does not match the reference checksum; delete {cache} to decode "
+                         "the pack again")
+    if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9 or (
+            _labels_digest(labels) != CIFAR10_LABELS_SHA256[split]):
+        raise ValueError(f"the decoded labels {y_path} do not match the reference checksum; delete {cache} to decode "
                          "the pack again")
     return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
                    classes, f"cifar10-jpeg75/{split}")
@@ -182,27 +206,51 @@ def _torchvision_dataset(name: str, split: str, data_dir: str | Path | None, dow
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
+def _class_images(folder: Path) -> dict[str, list[Path]]:
+    """Image files per class folder of ``folder`` (class folders without images are left out)."""
+    out = {}
+    for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in cls.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if files:
+            out[cls.name] = files
+    return out
+
+
 def _image_folder(root: str | Path | None, split: str, size: int) -> Dataset:
+    """An ImageFolder split, centre-cropped and resized once. The class map comes from ``train/`` for both splits
+    (sorted names of the class folders that hold images), so labels mean the same in both; a test class that
+    ``train/`` lacks is an error."""
     from PIL import Image
 
     if root is None:
-        raise ValueError("dataset='imagefolder' needs data_dir pointing at a folder with <split>/<class>/<image> files")
-    folder = Path(root) / split
-    if not folder.is_dir():
-        raise FileNotFoundError(f"ImageFolder split not found: {folder} (expected {root}/<split>/<class>/<images>)")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir())
-             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
-        raise FileNotFoundError(f"no images under {folder}/<class>/")
+        raise ValueError("dataset='imagefolder' needs data_dir pointing at a folder with train/<class>/<image> and "
+                         "test/<class>/<image> files")
+    for part in ("train", split):
+        if not (Path(root) / part).is_dir():
+            raise FileNotFoundError(f"ImageFolder split not found: {Path(root) / part} (expected "
+                                    f"{root}/train/<class>/<images> and {root}/test/<class>/<images>)")
+    train_classes = list(_class_images(Path(root) / "train"))
+    if not train_classes:
+        raise FileNotFoundError(f"no images under {Path(root) / 'train'}/<class>/")
+    per_class = _class_images(Path(root) / split)
+    unknown = sorted(set(per_class) - set(train_classes))
+    if unknown:
+        raise ValueError(f"ImageFolder {root}: {split}/ has classes that train/ lacks: {unknown}; every {split} class "
+                         "needs training images (the labels come from train/)")
+    if not per_class:
+        raise FileNotFoundError(f"no images under {Path(root) / split}/<class>/")
+    files = [(f, train_classes.index(cls)) for cls, fs in per_class.items() for f in fs]
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (f, _) in enumerate(files):
-        img = Image.open(f).convert("RGB")
+        try:
+            img = Image.open(f).convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot decode image {f} ({exc}); remove or replace it") from None
         side = min(img.size)  # centre square, then resize once: training crops come from this copy
         left, top = (img.width - side) // 2, (img.height - side) // 2
         images[i] = np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
     return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                   torch.tensor([c for _, c in files]), classes, f"imagefolder:{Path(root).name}/{split}")
+                   torch.tensor([c for _, c in files]), train_classes, f"imagefolder:{Path(root).name}/{split}")
 
 
 DATASETS = ("cifar10-jpeg75", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")

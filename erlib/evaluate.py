@@ -43,7 +43,9 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Ten
     if k < 1 or temperature <= 0:
         raise ValueError(f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     train = F.normalize(train_features.float(), dim=1)
-    k = min(k, train.shape[0])
+    if k > train.shape[0]:
+        raise ValueError(f"k = {k} exceeds the {train.shape[0]} training features of the kNN bank; lower k or use a "
+                         "larger bank")
     scores = []
     for part in F.normalize(test_features.float(), dim=1).split(chunk):
         sim, idx = (part @ train.T).topk(k, dim=1)
@@ -98,31 +100,25 @@ def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool
     from pathlib import Path
 
     from erlib.augment import CIFAR_MEAN, CIFAR_STD
-    from erlib.data import load_dataset
-    from erlib.methods import build
+    from erlib.fileio import atomic_write_text
     from erlib.runs import load_checkpoint, load_run
 
     run = load_run(run_dir)
-    cfg = run.config
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    train_set = load_dataset(cfg["dataset"], "train", cfg["data_dir"] or None, cfg["download"])
-    if cfg["train_subset"]:
-        train_set = train_set.subset(cfg["train_subset"], seed=cfg["seed"])
-    test_set = load_dataset(cfg["dataset"], "test", cfg["data_dir"] or None, cfg["download"])
-    options = dict(cfg["method_options"])
-    if cfg["method"] == "deepcluster":
-        options.setdefault("num_samples", len(train_set))
-    method = build(cfg["method"], er=cfg["er"], backbone=cfg["backbone"], **options).to(dev)
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=dev)
+    train_set, test_set = run.datasets(dev)
+    method = run.build_method(dev, weights=False, num_samples=len(train_set))
+    ckpt = load_checkpoint(run.checkpoint, map_location=dev)
     method.load_state_dict(ckpt["method"])
     method.eval()
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    f_train = extract_features(method.features, train_set.images.to(dev), CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
-    f_test = extract_features(method.features, test_set.images.to(dev), CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
-    y_train, y_test, n_cls = train_set.labels.to(dev), test_set.labels.to(dev), len(train_set.classes)
+    f_train = extract_features(method.features, train_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
+    f_test = extract_features(method.features, test_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
+    y_train, y_test, n_cls = train_set.labels, test_set.labels, len(train_set.classes)
     result = {
-        "run": str(run_dir), "epoch": ckpt["epoch"], "dataset": train_set.name.split("/")[0],
+        "run": str(run_dir), "epoch": ckpt["epoch"], "dataset": run.config["dataset"],
         "protocol": "frozen backbone features; kNN cosine, weighted exp(s/0.1); linear: L-BFGS logistic regression "
                     "on standardised features",
         "knn200": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 200, 0.1),
@@ -132,5 +128,5 @@ def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool
     if linear:
         result["linear"] = linear_probe(f_train, y_train, f_test, y_test, n_cls)
     if write:
-        (Path(run_dir) / "eval.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     return result

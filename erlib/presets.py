@@ -12,12 +12,12 @@ pack is missing), batch 128, a few epochs, SGD. ``full``: ResNet-18 with the CIF
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from erlib import runs
 from erlib.data import CIFAR10_PACK, find_file
-from erlib.runs import Run, load_checkpoint, load_run
+from erlib.runs import Run, load_run
 from erlib.train import TrainConfig, train
 
 __all__ = ["PRESETS", "TINY_HEADS", "preset_config", "ensure_run", "run_name"]
@@ -74,16 +74,17 @@ def preset_config(preset: str, method: str, er: bool = False, tag: str = "", run
 
 
 def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None) -> Run:
-    """The finished run of ``cfg``: reused when its folder holds a final checkpoint of the same configuration,
-    resumed when it was interrupted, trained otherwise."""
+    """The finished run of ``cfg``: reused when its folder holds a finished run of the same configuration and record
+    format, resumed when such a run was interrupted, trained afresh otherwise (a folder with another configuration or
+    an older format is cleared first)."""
     path = Path(cfg.out_dir) / cfg.name
-    ckpt = path / "checkpoint.pt"
-    if (path / "config.json").is_file():
-        same = json.loads((path / "config.json").read_text()) == json.loads(cfg.to_json())
-        if same and ckpt.is_file() and load_checkpoint(ckpt)["epoch"] == cfg.epochs:
-            return load_run(path)
-        if same and ckpt.is_file():
+    if runs.holds_run(path):
+        run = load_run(path) if (path / "config.json").is_file() else None
+        same = (run is not None and run.meta.get("format") == runs.FORMAT
+                and not [k for k in cfg.differences(run.config) if k in runs.COMPARED_AT_RESUME])
+        if same and run is not None:
+            if run.checkpoint.is_file() and runs.load_checkpoint(run.checkpoint)["epoch"] == cfg.epochs:
+                return run
             return load_run(train(cfg, resume=True, callback=callback))
-        for stale in ("metrics.jsonl", "checkpoint.pt", "eval.json"):  # a different configuration: start afresh
-            (path / stale).unlink(missing_ok=True)
+        runs.remove_run(path)  # another configuration or format: start afresh
     return load_run(train(dataclasses.replace(cfg), callback=callback))

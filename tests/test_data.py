@@ -111,10 +111,48 @@ def test_missing_pack_lists_every_path_tried(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     monkeypatch.setattr(D, "data_search_paths", lambda data_dir=None: [a, b])
     with pytest.raises(FileNotFoundError) as info:
-        D.load_cifar10_pack("train", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+        D.load_cifar10_pack("train", cache_dir=tmp_path / "cache")
     message = str(info.value)
     assert str(a / D.CIFAR10_PACK) in message and str(b / D.CIFAR10_PACK) in message
-    assert "ERLIB_DATA_DIR" in message  # says how to get the data
+    assert "ERLIB_DATA_DIR" in message and "\n" not in message  # says how to get the data, on one line
+
+
+def test_data_dir_is_honoured_even_when_a_decoded_cache_exists(tmp_path):
+    # the default cache may hold CIFAR-10 already: a data_dir without the data must still be an error
+    with pytest.raises(FileNotFoundError, match=rf"data_dir {tmp_path} holds neither cifar10-jpeg75.npz nor a decoded"):
+        D.load_cifar10_pack("test", data_dir=tmp_path)
+
+
+@needs_pack
+def test_data_dir_with_a_decoded_cache_is_used(tmp_path):
+    ref = D.load_cifar10_pack("test")
+    cache = tmp_path / "cifar10-jpeg75"
+    cache.mkdir()
+    np.save(cache / "test_x.npy", ref.images.permute(0, 2, 3, 1).numpy())
+    np.save(cache / "test_y.npy", ref.labels.numpy())
+    (cache / "classes.txt").write_text("\n".join(ref.classes) + "\n")
+    assert torch.equal(D.load_cifar10_pack("test", data_dir=tmp_path).labels, ref.labels)
+    labels = ref.labels.numpy().copy()
+    labels[[0, -1]] = labels[[-1, 0]]  # two labels swapped: the pixels still match, the labels do not
+    assert labels[0] != labels[-1]
+    np.save(cache / "test_y.npy", labels)
+    with pytest.raises(ValueError, match=r"decoded labels .*test_y.npy do not match the reference checksum"):
+        D.load_cifar10_pack("test", data_dir=tmp_path)
+
+
+def test_labels_outside_the_classes_are_refused():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for its 2 classes, got \[0, 255\]"):
+        D.Dataset(torch.zeros(3, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 255]), ["a", "b"], "bad")
+
+
+def test_cache_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    D._atomic_save_npy(tmp_path / "x.npy", np.zeros(3))
+    (tmp_path / "plain.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "x.npy").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_search_paths_order(tmp_path, monkeypatch):
@@ -205,8 +243,8 @@ def test_image_folder_loads_sorted_classes_resized(tmp_path):
 def test_image_folder_classes_are_sorted_and_label_their_images(tmp_path):
     names = ["zebra", "kiwi", "apple", "mango", "cherry", "banana", "fig", "date"]
     for i, name in enumerate(names):  # class i's single image has the constant colour (10 i, 0, 0)
-        _png(tmp_path / "val" / name / "img.png", (9 + i, 12), (10 * i, 0, 0))
-    ds = D.load_dataset("imagefolder", "val", data_dir=tmp_path, image_size=8)
+        _png(tmp_path / "train" / name / "img.png", (9 + i, 12), (10 * i, 0, 0))
+    ds = D.load_dataset("imagefolder", "train", data_dir=tmp_path, image_size=8)
     assert ds.classes == sorted(names)
     assert ds.labels.tolist() == list(range(8))
     for img, label in zip(ds.images, ds.labels):
@@ -214,10 +252,31 @@ def test_image_folder_classes_are_sorted_and_label_their_images(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match="needs data_dir"):
         D.load_dataset("imagefolder", "train")
-    with pytest.raises(FileNotFoundError, match="split"):
+    with pytest.raises(FileNotFoundError, match="ImageFolder split not found"):
         D.load_dataset("imagefolder", "val", data_dir=tmp_path)
+
+
+def test_image_folder_labels_come_from_train_for_both_splits(tmp_path):
+    for split, classes in (("train", ["cat", "dog", "eel"]), ("test", ["dog", "eel"])):
+        for c in classes:
+            _png(tmp_path / split / c / "0.png", (8, 8), (10 * ["cat", "dog", "eel"].index(c), 0, 0))
+    (tmp_path / "train" / "aardvark").mkdir()  # an empty class folder must not shift the labels
+    train_set = D.load_dataset("imagefolder", "train", data_dir=tmp_path, image_size=8)
+    test_set = D.load_dataset("imagefolder", "test", data_dir=tmp_path, image_size=8)
+    assert train_set.classes == test_set.classes == ["cat", "dog", "eel"]
+    assert test_set.labels.tolist() == [1, 2]
+    _png(tmp_path / "test" / "fox" / "0.png", (8, 8), (0, 0, 0))
+    with pytest.raises(ValueError, match=r"test/ has classes that train/ lacks: \['fox'\]"):
+        D.load_dataset("imagefolder", "test", data_dir=tmp_path, image_size=8)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    _png(tmp_path / "train" / "a" / "ok.png", (8, 8), (0, 0, 0))
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"cannot decode image .*train/a/broken.png"):
+        D.load_dataset("imagefolder", "train", data_dir=tmp_path, image_size=8)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -44,13 +44,13 @@ def knn_reference(train, labels, test, num_classes, k, t):
     return torch.tensor(scores, dtype=F64)
 
 
-@pytest.mark.parametrize("k, t, chunk", [(1, 0.1, 1024), (5, 0.1, 7), (12, 0.5, 3), (200, 0.1, 1024)])
+@pytest.mark.parametrize("k, t, chunk", [(1, 0.1, 1024), (5, 0.1, 7), (12, 0.5, 3), (60, 0.1, 1024)])
 def test_knn_matches_the_brute_force_reference(k, t, chunk):
     g = gen(k)
     train = torch.randn(60, 6, generator=g, dtype=F64) * torch.rand(60, 1, generator=g, dtype=F64).add(0.1)
     labels = torch.randint(0, 4, (60,), generator=g)
     test = torch.randn(25, 6, generator=g, dtype=F64) * 3
-    ref = knn_reference(train, labels, test, 4, min(k, 60), t)
+    ref = knn_reference(train, labels, test, 4, k, t)
     got = E.knn_predict(train, labels, test, 4, k=k, temperature=t, chunk=chunk)
     assert got.shape == (25, 4)
     assert torch.allclose(got.double(), ref, rtol=1e-4, atol=1e-6)
@@ -95,6 +95,12 @@ def test_knn_on_separated_clusters_is_perfect():
     xte, yte = gaussian_clusters(means, 40, seed=4)
     assert E.knn_accuracy(xtr, ytr, xte, yte, 5, k=20) == 1.0
     assert E.knn_accuracy(xtr, ytr, xte, yte, 5, k=200) == 1.0
+
+
+def test_knn_refuses_more_neighbours_than_the_bank_holds():
+    x = torch.randn(50, 4, generator=gen(5))
+    with pytest.raises(ValueError, match="k = 200 exceeds the 50 training features"):
+        E.knn_predict(x, torch.zeros(50, dtype=torch.int64), x, 2, k=200)
 
 
 def test_knn_on_random_labels_is_chance():
