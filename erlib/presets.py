@@ -1,9 +1,14 @@
 """Ready-made training configurations for the notebooks: ``tiny`` (a 2-core CPU in minutes) and ``full`` (one GPU).
 
-``tiny``: the tiny ConvNet on 2,000 images of CIFAR-10 (JPEG q75 copy, the offline pack; a synthetic set where the
-pack is missing), batch 128, a few epochs, SGD. ``full``: ResNet-18 with the CIFAR stem on all of CIFAR-10, batch
-256, LARS with warm-up and cosine decay, per-method learning rates and heads from solo-learn's CIFAR recipes
-(ER-SPEC.md §2, §3.5), scaled linearly with the batch size.
+``tiny``: the tiny ConvNet on 2,000 images of CIFAR-10, batch 128, a few epochs, SGD. ``full``: ResNet-18 with the
+CIFAR stem on all of CIFAR-10, batch 256, LARS with warm-up and cosine decay, per-method learning rates and heads from
+solo-learn's CIFAR recipes (``vturrisi/solo-learn``, ``scripts/pretrain/cifar/*.yaml``), scaled linearly with the
+batch size; see docs/design.md#presets.
+
+The data: CIFAR-10 from the offline pack (its JPEG q75 copy) or its decoded cache where either is present; else
+torchvision's CIFAR-10 from ``data/cache/torchvision`` (downloaded there when a network is reachable); only when
+neither works, a small synthetic set, with a warning — every claim verdict is then INCONCLUSIVE
+(:func:`preset_data`).
 
 :func:`ensure_run` trains a configuration unless a finished run of the same name exists, so that later notebooks
 (dynamics, evaluation) reuse the runs earlier ones produced.
@@ -12,11 +17,14 @@ pack is missing), batch 128, a few epochs, SGD. ``full``: ResNet-18 with the CIF
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from erlib import runs
-from erlib.data import CIFAR10_PACK, find_file
+from erlib.data import CIFAR10_PACK, ROOT, find_file, load_dataset
 from erlib.runs import Run, load_run
 from erlib.train import TrainConfig, train
 
@@ -37,12 +45,58 @@ TINY_HEADS = {
 _FULL_HEADS = {"deepcluster": {"num_prototypes": (3000, 3000, 3000)}, "dino": {"tau_base": 0.9995}}
 
 
-def _tiny_dataset() -> str:
+@dataclass(frozen=True)
+class PresetData:
+    """Where the presets' images come from: ``dataset`` (a :data:`erlib.data.DATASETS` name), whether it is real
+    CIFAR-10, and a sentence for the reader."""
+
+    dataset: str
+    real: bool
+    note: str
+
+
+SYNTHETIC_WARNING = ("No CIFAR-10 was found (no offline pack or decoded cache, no torchvision copy, no network to "
+                     "download one): these runs use a small SYNTHETIC data set (512 images, 4 classes). They show the "
+                     "mechanics only; every claim verdict is INCONCLUSIVE. Put cifar10-jpeg75.npz in data/cache/ "
+                     "(see data/README.md) or run once with a network.")
+
+
+def _pack_available() -> bool:
+    cache = ROOT / "data" / "cache" / "cifar10-jpeg75"
+    if all((cache / f).is_file() for f in ("train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy", "classes.txt")):
+        return True
     try:
         find_file(CIFAR10_PACK)
-        return "cifar10-jpeg75"
+        return True
     except FileNotFoundError:
-        return "synthetic"
+        return False
+
+
+def _torchvision_cifar10(download: bool) -> bool:
+    import socket
+
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # a closed network must fail fast, not hang a notebook
+    try:
+        load_dataset("cifar10", "test", download=download)
+        return True
+    except (OSError, RuntimeError, ValueError):
+        return False
+    finally:
+        socket.setdefaulttimeout(timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def preset_data() -> PresetData:
+    """The data the presets train on (decided once per process): the offline CIFAR-10 pack or its decoded cache;
+    else torchvision's CIFAR-10, downloaded into data/cache/torchvision when a network is reachable; else the
+    synthetic set, with a warning."""
+    if _pack_available():
+        return PresetData("cifar10-jpeg75", True, "CIFAR-10 (JPEG q75 copy, the offline pack)")
+    if _torchvision_cifar10(download=False) or _torchvision_cifar10(download=True):
+        return PresetData("cifar10", True, "CIFAR-10 (torchvision copy in data/cache/torchvision)")
+    warnings.warn(SYNTHETIC_WARNING, stacklevel=2)
+    return PresetData("synthetic", False, "SYNTHETIC stand-in data (512 images, 4 classes): mechanics only")
 
 
 def run_name(method: str, er: bool, tag: str = "") -> str:
@@ -55,18 +109,21 @@ def preset_config(preset: str, method: str, er: bool = False, tag: str = "", run
     """The :class:`~erlib.train.TrainConfig` of ``method`` (and its ER variant) in a preset; ``overrides`` win."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    data = preset_data()
     if preset == "tiny":
-        base = dict(backbone="convnet_tiny", dataset=_tiny_dataset(), train_subset=2000, epochs=3, batch_size=128,
+        base = dict(backbone="convnet_tiny", dataset=data.dataset, train_subset=2000, epochs=3, batch_size=128,
                     optimizer="sgd", lr=0.1, weight_decay=1e-5, warmup_epochs=0.0, knn_test_size=1000,
                     monitor_size=256, log_every=5, progress=False)
         options = dict(TINY_HEADS[method])
     else:
         batch = overrides.get("batch_size", 256)
-        base = dict(backbone="resnet18_cifar", dataset="cifar10-jpeg75", epochs=100, batch_size=batch,
+        base = dict(backbone="resnet18_cifar", dataset=data.dataset, epochs=100, batch_size=batch,
                     optimizer="lars", lr=_FULL_LR[method] * batch / 256, min_lr=0.0, weight_decay=_FULL_WD[method],
                     warmup_epochs=10.0, monitor_size=512, log_every=50, progress=True)
         options = dict(_FULL_HEADS.get(method, {}))
     options.update(method_options or {})
+    if not data.real:  # the synthetic stand-in has 512 training and 256 test images
+        base.update(train_subset=0, knn_test_size=0, monitor_size=min(base["monitor_size"], 256))
     fields = {**base, **overrides}
     fields["warmup_epochs"] = min(fields["warmup_epochs"], fields["epochs"])
     return TrainConfig(method=method, er=er, method_options=options, out_dir=str(runs_dir),
