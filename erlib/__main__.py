@@ -137,6 +137,34 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claims(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from erlib.claims import format_verdicts
+    from erlib.presets import default_runs_dir
+    from erlib.reproduce import export_results, reproduce
+
+    ids = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds expects comma-separated integers >= 0, got {args.seeds!r}")
+    out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train,
+                       runs_root=args.runs_dir or None)
+    print(format_verdicts(result.combined))
+    print(f"\n{len(seeds)} seed(s), {result.minutes:.1f} min; report: {result.report[0] if result.report else out}")
+    if args.export:
+        dirs = {s: (Path(args.runs_dir) / f"seed{s}" if args.runs_dir else Path(default_runs_dir(args.preset, s)))
+                for s in seeds}
+        command = "python -m erlib claims " + " ".join(sys.argv[2:])
+        print(f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids)}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -198,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("methods", parents=[debug], help="the methods, and every option of one (with its default and meaning)")
     me.add_argument("name", nargs="?", default="", help="a method name: list its options")
     me.set_defaults(func=_methods)
+    cl = sub.add_parser("claims", parents=[debug],
+                        help="train what the claims need (reusing finished runs), decide them, write a report")
+    cl.add_argument("--preset", choices=PRESETS, default=PRESETS[0], help="the preset whose runs decide the claims")
+    cl.add_argument("--only", default="", help="comma-separated claim ids, e.g. C2,C3 (default: all)")
+    cl.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); a claim PASSes only in all")
+    cl.add_argument("--out", default="", help="report folder (default runs/claims/<preset>-<timestamp>)")
+    cl.add_argument("--no-train", action="store_true", help="decide from the runs present; train nothing")
+    cl.add_argument("--runs-dir", default="", help="root of the runs, one seed<k>/ folder per seed (default: the "
+                                                   "notebooks' runs/notebook-runs/<preset>[-seed<k>])")
+    cl.add_argument("--export", default="", metavar="DIR",
+                    help="also copy the runs (config, metrics, meta; no checkpoints) and their verdicts into DIR, "
+                         "e.g. results/cpu-small-<date>")
+    cl.add_argument("--label", default="", help="label of the exported reference runs, e.g. 'CPU reference'")
+    cl.set_defaults(func=_claims)
     nb = sub.add_parser("notebooks", parents=[debug], help="execute the numbered notebooks headless with papermill")
     nb.add_argument("--preset", choices=PRESETS, default="tiny",
                     help="tiny: a CPU in minutes; full: a GPU node (default: tiny)")

@@ -28,11 +28,10 @@ from erlib.data import CIFAR10_PACK, ROOT, find_file, load_dataset
 from erlib.runs import Run, load_run
 from erlib.train import TrainConfig, train
 
-__all__ = ["PRESETS", "TINY_HEADS", "preset_config", "ensure_run", "run_name"]
+__all__ = ["PRESETS", "PRESET_TABLE", "Preset", "TINY_HEADS", "preset_config", "spec_config", "default_runs_dir",
+           "ensure_run", "run_name", "preset_data", "PresetData", "SYNTHETIC_WARNING"]
 
-PRESETS = ("tiny", "full")
-
-# solo-learn's CIFAR learning rates (LARS, batch 256) and head sizes; the tiny preset shrinks the heads
+# solo-learn's CIFAR learning rates (LARS, batch 256) and weight decays; the CPU presets shrink the heads
 _FULL_LR = {"simclr": 0.4, "deepcluster": 0.6, "swav": 0.6, "byol": 1.0, "dino": 0.3}
 _FULL_WD = {"simclr": 1e-5, "deepcluster": 1e-6, "swav": 1e-6, "byol": 1e-5, "dino": 1e-6}
 TINY_HEADS = {
@@ -43,6 +42,31 @@ TINY_HEADS = {
     "dino": {"hidden_dim": 256, "bottleneck_dim": 64, "out_dim": 256},
 }
 _FULL_HEADS = {"deepcluster": {"num_prototypes": (3000, 3000, 3000)}, "dino": {"tau_base": 0.9995}}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A preset: the TrainConfig fields shared by every method, and per method its learning rate (at ``batch_size``;
+    other batch sizes scale it linearly), weight decay and method options (heads, recipe knobs)."""
+
+    name: str
+    fields: dict
+    lr: dict
+    weight_decay: dict
+    options: dict
+    small_batch: int  # the "small batch" of the batch-size claims (C4, C9)
+
+
+PRESET_TABLE: dict[str, Preset] = {
+    "tiny": Preset("tiny", dict(backbone="convnet_tiny", train_subset=2000, epochs=3, batch_size=128, optimizer="sgd",
+                                warmup_epochs=0.0, knn_test_size=1000, monitor_size=256, log_every=5, progress=False),
+                   lr={m: 0.1 for m in TINY_HEADS}, weight_decay={m: 1e-5 for m in TINY_HEADS},
+                   options=TINY_HEADS, small_batch=32),
+    "full": Preset("full", dict(backbone="resnet18_cifar", epochs=100, batch_size=256, optimizer="lars", min_lr=0.0,
+                                warmup_epochs=10.0, monitor_size=512, log_every=50, progress=True),
+                   lr=_FULL_LR, weight_decay=_FULL_WD, options=_FULL_HEADS, small_batch=64),
+}
+PRESETS = tuple(PRESET_TABLE)
 
 
 @dataclass(frozen=True)
@@ -104,30 +128,42 @@ def run_name(method: str, er: bool, tag: str = "") -> str:
     return f"{method}{'-er' if er else ''}" + (f"@{tag}" if tag else "")
 
 
+def default_runs_dir(preset: str, seed: int = 0, root: str | Path = "runs/notebook-runs") -> str:
+    """Where the notebooks and ``python -m erlib claims`` keep a preset's runs: ``<root>/<preset>`` for seed 0,
+    ``<root>/<preset>-seed<k>`` otherwise (so that runs of different seeds never replace each other)."""
+    return str(Path(root) / (preset if seed == 0 else f"{preset}-seed{seed}"))
+
+
 def preset_config(preset: str, method: str, er: bool = False, tag: str = "", runs_dir: str = "runs/notebook-runs",
                   method_options: dict | None = None, **overrides) -> TrainConfig:
-    """The :class:`~erlib.train.TrainConfig` of ``method`` (and its ER variant) in a preset; ``overrides`` win."""
-    if preset not in PRESETS:
+    """The :class:`~erlib.config.TrainConfig` of ``method`` (and its ER variant) in a preset; ``overrides`` win
+    (a ``batch_size`` override scales the preset's learning rate linearly unless ``lr`` is given too)."""
+    if preset not in PRESET_TABLE:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    data = preset_data()
-    if preset == "tiny":
-        base = dict(backbone="convnet_tiny", dataset=data.dataset, train_subset=2000, epochs=3, batch_size=128,
-                    optimizer="sgd", lr=0.1, weight_decay=1e-5, warmup_epochs=0.0, knn_test_size=1000,
-                    monitor_size=256, log_every=5, progress=False)
-        options = dict(TINY_HEADS[method])
-    else:
-        batch = overrides.get("batch_size", 256)
-        base = dict(backbone="resnet18_cifar", dataset=data.dataset, epochs=100, batch_size=batch,
-                    optimizer="lars", lr=_FULL_LR[method] * batch / 256, min_lr=0.0, weight_decay=_FULL_WD[method],
-                    warmup_epochs=10.0, monitor_size=512, log_every=50, progress=True)
-        options = dict(_FULL_HEADS.get(method, {}))
-    options.update(method_options or {})
+    if method not in TINY_HEADS:
+        raise ValueError(f"method must be one of {sorted(TINY_HEADS)}, got {method!r}")
+    p, data = PRESET_TABLE[preset], preset_data()
+    base = {**p.fields, "dataset": data.dataset, "weight_decay": p.weight_decay[method]}
+    batch = overrides.get("batch_size", base["batch_size"])
+    base["lr"] = p.lr[method] * batch / base["batch_size"]
+    options = {**p.options.get(method, {}), **(method_options or {})}
     if not data.real:  # the synthetic stand-in has 512 training and 256 test images
         base.update(train_subset=0, knn_test_size=0, monitor_size=min(base["monitor_size"], 256))
     fields = {**base, **overrides}
     fields["warmup_epochs"] = min(fields["warmup_epochs"], fields["epochs"])
     return TrainConfig(method=method, er=er, method_options=options, out_dir=str(runs_dir),
                        name=run_name(method, er, tag), **fields).validate()
+
+
+def spec_config(preset: str, spec, runs_dir: str | Path = "runs/notebook-runs", seed: int = 0,
+                **overrides) -> TrainConfig:
+    """The config of a claim's run (:class:`erlib.claims.RunSpec`) in a preset, named by its role: its method options
+    on top of the preset's, and for ``batch="small"`` the preset's small batch with the learning rate scaled."""
+    if spec.batch == "small":
+        overrides.setdefault("batch_size", PRESET_TABLE[preset].small_batch)
+    cfg = preset_config(preset, spec.method, er=spec.er, runs_dir=str(runs_dir), method_options=spec.method_options,
+                        seed=seed, **overrides)
+    return dataclasses.replace(cfg, name=spec.name).validate()
 
 
 def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None) -> Run:

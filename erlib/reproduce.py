@@ -1,0 +1,160 @@
+"""Reproduce the claims: train the runs they need in a preset (reusing finished ones), decide them, write a report,
+and export reference runs for the repository's ``results/``.
+
+``python -m erlib claims --preset small`` is :func:`reproduce`. The runs live where the notebooks keep theirs
+(``runs/notebook-runs/<preset>``, one folder per seed other than 0), under the role names of
+:data:`erlib.claims.CLAIMS`, so the notebooks and the claims share them. With several seeds a claim PASSes only if it
+passes in every seed, FAILs only if it fails in every seed, and is INCONCLUSIVE otherwise (the report gives the count).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from erlib import claims as C
+from erlib.fileio import atomic_write_text
+from erlib.presets import default_runs_dir, ensure_run, spec_config
+from erlib.runs import META, load_run
+
+__all__ = ["ClaimsResult", "claim_configs", "combine_seeds", "reproduce", "export_results", "reference_runs"]
+
+
+@dataclass
+class ClaimsResult:
+    """What :func:`reproduce` did: the verdicts per seed, the combined verdicts, the report files, the wall time."""
+
+    preset: str
+    seeds: list[int]
+    per_seed: dict[int, list[C.Verdict]]
+    combined: list[C.Verdict]
+    report: tuple[Path, Path] | None = None
+    minutes: float = 0.0
+    run_minutes: dict[str, float] = field(default_factory=dict)
+
+
+def claim_configs(preset: str, claim_ids: Iterable[str] | None = None, seed: int = 0,
+                  runs_dir: str | Path | None = None) -> list:
+    """The TrainConfigs of every run the claims read, in the preset, named by their roles."""
+    runs_dir = str(runs_dir or default_runs_dir(preset, seed))
+    return [spec_config(preset, spec, runs_dir=runs_dir, seed=seed) for spec in C.required_runs(claim_ids)]
+
+
+def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
+    """One verdict per claim over the seeds: PASS if every seed passes, FAIL if every seed fails, else INCONCLUSIVE
+    with the counts; the sentence and numbers are the first seed's."""
+    seeds = sorted(per_seed)
+    out = []
+    for i, first in enumerate(per_seed[seeds[0]]):
+        statuses = [per_seed[s][i].status for s in seeds]
+        if len(seeds) == 1:
+            out.append(first)
+            continue
+        counts = {s: statuses.count(s) for s in C.STATUSES if statuses.count(s)}
+        tally = ", ".join(f"{status} in {n} of {len(seeds)} seeds" for status, n in counts.items())
+        status = statuses[0] if len(set(statuses)) == 1 else C.INCONCLUSIVE
+        reason = first.reason if len(set(statuses)) == 1 else f"the seeds disagree: {tally}"
+        numbers = {"seeds": dict(zip(map(str, seeds), statuses)), **first.numbers}
+        out.append(replace(first, status=status, reason=reason, numbers=numbers,
+                           sentence=f"{first.sentence} (over seeds {seeds}: {tally})"))
+    return out
+
+
+def reproduce(preset: str, claim_ids: Iterable[str] | None = None, seeds: Sequence[int] = (0,),
+              out_dir: str | Path | None = None, train: bool = True, runs_root: str | Path | None = None,
+              progress: bool = True) -> ClaimsResult:
+    """Train (``train=True``, reusing finished runs) what the claims need for each seed, decide them, and write the
+    report (report.md, report.json, figures) into ``out_dir`` when given."""
+    ids = list(claim_ids) if claim_ids is not None else list(C.CLAIMS)
+    start = time.perf_counter()
+    per_seed, run_minutes = {}, {}
+    for seed in seeds:
+        runs_dir = Path(runs_root) / f"seed{seed}" if runs_root else Path(default_runs_dir(preset, seed))
+        configs = claim_configs(preset, ids, seed, runs_dir)
+        if train:
+            for i, cfg in enumerate(configs, 1):
+                t0 = time.perf_counter()
+                if progress:
+                    print(f"[seed {seed}, {i}/{len(configs)}] {cfg.name} ...", end=" ", file=sys.stderr, flush=True)
+                ensure_run(cfg.__class__(**{**cfg.to_dict(), "progress": False}))
+                minutes = (time.perf_counter() - t0) / 60
+                run_minutes[f"seed{seed}/{cfg.name}"] = round(minutes, 2)
+                if progress:
+                    print(f"{minutes:.1f} min", file=sys.stderr, flush=True)
+        per_seed[seed] = C.decide_all(runs_dir, ids)
+    result = ClaimsResult(preset, list(seeds), per_seed, combine_seeds(per_seed),
+                          minutes=(time.perf_counter() - start) / 60, run_minutes=run_minutes)
+    if out_dir is not None:
+        result.report = C.write_report(result.combined, out_dir)
+        summary = {"preset": preset, "seeds": list(seeds), "minutes": round(result.minutes, 2),
+                   "run_minutes": run_minutes, "machine": machine_description(), "command": " ".join(sys.argv),
+                   "per_seed": {str(s): [v.to_dict() for v in vs] for s, vs in per_seed.items()}}
+        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def machine_description() -> str:
+    """The machine in a few words: the CUDA card, or the CPU model and its core count."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{model}, {os.cpu_count()} cores ({socket.gethostname()})"
+
+
+# --------------------------------------------------------------------------------------------------- results/
+def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None) -> Path:
+    """Copy the claims' runs (config.json, metrics.jsonl, meta.json; never a checkpoint) from ``runs_dirs`` (seed →
+    folder) into ``dest/seed<k>/<role>/``, and write ``dest/summary.json``: the label ("CPU reference, small
+    preset"), the command, the machine, erlib's commit and the verdicts computed from the copied runs."""
+    dest = Path(dest)
+    per_seed = {}
+    for seed, src in runs_dirs.items():
+        for spec in C.required_runs(claim_ids):
+            run_dir = Path(src) / spec.name
+            if not (run_dir / "config.json").is_file():
+                continue
+            target = dest / f"seed{seed}" / spec.name
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "metrics.jsonl", META):
+                if (run_dir / name).is_file():
+                    shutil.copyfile(run_dir / name, target / name)
+        per_seed[seed] = [v.to_dict() for v in C.decide_all(dest / f"seed{seed}", claim_ids)]
+    meta = next((load_run(p).meta for p in dest.glob("seed*/*") if (p / "config.json").is_file()), {})
+    summary = {"label": label, "command": command, "machine": machine_description(), "commit": meta.get("commit"),
+               "exported": datetime.now().isoformat(timespec="seconds"), "verdicts": per_seed}
+    atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return dest
+
+
+def reference_runs(root: str | Path | None = None) -> list[dict]:
+    """The committed reference sets under ``root``: each its ``summary.json`` plus ``path`` (its folder); the
+    notebooks overlay their runs, labelled, next to the reader's own."""
+    from erlib.data import ROOT
+
+    out = []
+    for summary in sorted(Path(root or ROOT / "results").glob("*/summary.json")):
+        data = json.loads(summary.read_text())
+        out.append({**data, "path": summary.parent})
+    return out
