@@ -10,7 +10,6 @@ import torch
 
 from erlib import data as D
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 try:
