@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import textwrap
 
 #: Exceptions that mean "bad input or a refused request": reported on one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -114,23 +115,21 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from erlib.methods import METHODS
+    from erlib import methods as M
 
-    if args.name and args.name not in METHODS:
-        raise ValueError(f"unknown method {args.name!r}; choose one of {sorted(METHODS)}")
-    for name in [args.name] if args.name else list(METHODS):
-        cls = METHODS[name]
-        summary = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
-        print(f"{name}: {' '.join(summary.split())}")
+    if args.name and args.name not in M.METHODS:
+        raise ValueError(f"unknown method {args.name!r}; choose one of {sorted(M.METHODS)}")
+    for name in [args.name] if args.name else list(M.METHODS):
+        print(f"{name}: {' '.join(M.summary(name).split())}")
         if args.name:
-            print("\noptions (--opt KEY=VALUE):")
-            for f in dataclasses.fields(cls.Config):
-                if f.name in ("backbone", "er"):
+            print("\noptions (--opt KEY=VALUE), with their defaults:")
+            for o in M.describe(name):
+                if o.name in ("backbone", "er"):
                     continue
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-                print(f"  {f.name} = {default!r}")
-                if f.metadata.get("help"):
-                    print(f"      {f.metadata['help']}")
+                choices = f"  one of {list(o.choices)}" if o.choices else ""
+                print(f"  {o.name} ({o.type}) = {o.default!r}{choices}")
+                if o.help:
+                    print(textwrap.fill(o.help, width=116, initial_indent="      ", subsequent_indent="      "))
         print()
     if not args.name:
         print("python -m erlib methods NAME lists a method's options; every method has an ER variant (--er).")

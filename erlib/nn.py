@@ -1,20 +1,35 @@
 """Networks: backbones (ResNets with an optional CIFAR stem, a tiny ConvNet for CPU teaching runs) and heads.
 
 Heads: :class:`MLP` (projector / predictor), :class:`Prototypes` (a bias-free linear layer whose rows are unit
-vectors), :class:`DINOHead` (MLP → bottleneck → L2-normalise → weight-normalised linear layer).
+vectors), :class:`DINOHead` (MLP → bottleneck → L2-normalise → weight-normalised linear layer). Normalisation:
+:class:`GlobalBatchNorm` (batch statistics of the global batch under DDP) and :func:`batch_statistics` (measure a
+network with the statistics of the batch it sees, leaving its running statistics alone).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
-import torchvision
+import torchvision  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from erlib import distributed as D
 
-__all__ = ["BACKBONES", "build_backbone", "TinyConvNet", "MLP", "Prototypes", "DINOHead", "GlobalBatchNorm",
-           "convert_to_global_batchnorm"]
+__all__ = [
+    "BACKBONES",
+    "build_backbone",
+    "feature_dim",
+    "TinyConvNet",
+    "MLP",
+    "Prototypes",
+    "DINOHead",
+    "GlobalBatchNorm",
+    "convert_to_global_batchnorm",
+    "batch_statistics",
+]
 
 
 class TinyConvNet(nn.Module):
@@ -25,8 +40,11 @@ class TinyConvNet(nn.Module):
         chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_dim = chans[-1]
 
@@ -62,14 +80,23 @@ def build_backbone(name: str) -> nn.Module:
     return BACKBONES[name]()
 
 
+def feature_dim(backbone: nn.Module) -> int:
+    """The feature dimension (``.out_dim``) of a backbone made by :func:`build_backbone`."""
+    dim = getattr(backbone, "out_dim", None)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ValueError(f"backbone must carry an integer .out_dim (use build_backbone), got {dim!r}")
+    return dim
+
+
 class MLP(nn.Sequential):
     """Linear–BN–ReLU blocks then a final linear layer (SimCLR / BYOL projector, BYOL predictor).
 
     ``layers`` counts linear layers; ``last_bn`` adds a (non-affine) BN after the last one, as SimCLR v2 does.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, bn: bool = True,
-                 last_bn: bool = False):
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, bn: bool = True, last_bn: bool = False
+    ):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         mods: list[nn.Module] = []
@@ -107,8 +134,16 @@ class DINOHead(nn.Module):
     (prototypes) and the logits are cosines. :meth:`embed` returns the normalised bottleneck (for the ER metrics).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 layers: int = 3, use_bn: bool = False, norm_last_layer: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 4096,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1)
         mods: list[nn.Module] = []
@@ -155,17 +190,18 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and D.is_distributed()):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 or wider
         local = torch.stack([xf.sum(dims), (xf * xf).sum(dims)])
         total = D.gather(local[None]).sum(dim=0)
         n = x.numel() // x.shape[1] * D.world_size()
         mean, var = total[0] / n, (total[1] / n - (total[0] / n) ** 2).clamp_min(0)
-        if self.track_running_stats:
+        count, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if self.track_running_stats and count is not None and running_mean is not None and running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), m)
+                count += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(count)
+                running_mean.lerp_(mean.detach(), m)
+                running_var.lerp_(var.detach() * n / max(n - 1, 1), m)
         shape = [1, -1] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
@@ -178,8 +214,9 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
     parameters and running statistics."""
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats).to(next(child.buffers(), torch.empty(0)).device)
+            new = GlobalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            ).to(next(child.buffers(), torch.empty(0)).device)
             new.load_state_dict(child.state_dict())
             new.train(child.training)
             if child.affine:
@@ -189,3 +226,32 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
         else:
             convert_to_global_batchnorm(child)
     return module
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, every BatchNorm layer of ``module`` normalises with the statistics of the current batch, as in
+    training, while its running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``) stay exactly
+    as they were; on exit every layer's train/eval flag and tracking setting is restored.
+
+    Why: a network measured once per epoch (the monitor batch) should be measured as it trains. In eval mode
+    BatchNorm uses running statistics, an exponential average over past batches that lags the weights (and at
+    initialisation is still the identity): the tiny ConvNet's η is about 0.01 in eval mode against about 0.7 in train
+    mode at initialisation, so an eval-mode curve shows BatchNorm warming up, not learning. Train mode would give the
+    right normalisation but update the running statistics, a side effect on the model being measured. This context
+    makes the third choice: *normalise with batch statistics without updating the running ones* (for
+    :class:`GlobalBatchNorm` under DDP, the statistics of the global batch). Only BatchNorm layers change; dropout and
+    the method's own ``training`` flag keep their mode.
+
+    Implementation: each layer is put in training mode with ``track_running_stats=False``, in which PyTorch's
+    BatchNorm computes batch statistics and neither reads nor writes the running buffers.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    try:
+        for m in norms:
+            m.training, m.track_running_stats = True, False
+        yield module
+    finally:
+        for m, (training, tracking) in zip(norms, saved):
+            m.training, m.track_running_stats = training, tracking

@@ -36,7 +36,7 @@ from erlib.config import OPTIMIZERS, TrainConfig
 from erlib.data import BatchSampler, Dataset
 from erlib.evaluate import extract_features, knn_accuracy
 from erlib.methods import Method
-from erlib.nn import convert_to_global_batchnorm
+from erlib.nn import batch_statistics, convert_to_global_batchnorm
 from erlib.schedules import cosine_schedule, warmup_cosine
 
 __all__ = ["TrainConfig", "train", "resume_run", "train_step", "MetricAccumulator", "LARS", "build_optimizer",
@@ -408,9 +408,10 @@ def _epoch_record(method: Method, cfg: TrainConfig, train_set: Dataset, test_set
     gen = ShardedGenerator(torch.Generator(device=device).manual_seed(2024), D.rank(), D.world_size())
     views = make_views(train_set.images[monitor_idx], recipes[:2], gen)
     method.eval()
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        out = method(views, index=monitor_idx)
-    metrics = out.metrics
+    # the network as it trains: BatchNorm normalises with the monitor batch's own statistics (running statistics lag
+    # the weights: at initialisation they would give eta ~ 0.01 where training sees ~ 0.7), running buffers untouched
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None), batch_statistics(method):
+        metrics = method.monitor(views, index=monitor_idx)
     record.update({f"monitor_{k}": v for k, v in zip(metrics, torch.stack(
         [v.float() for v in metrics.values()]).tolist())})
     if cfg.knn_every and state.epoch % cfg.knn_every == 0 and D.is_main_process():

@@ -2,7 +2,7 @@
 
 1. Every loss against an independent re-derivation from its definition (explicit loops / NumPy, float64 inputs):
    NT-Xent, Sinkhorn–Knopp, SwAV's swapped prediction, BYOL, DINO (loss and center), DeepCluster-v2 (loss and
-   spherical k-means).
+   spherical k-means); the logged ER metrics against a float64 NumPy / mpmath re-derivation.
 2. Collapse signatures: the known values of the losses and estimators on collapsed inputs.
 3. Optimisation: a few steps on a fixed batch lower the loss of every variant; the EMA teacher gets no gradient and
    moves only by the EMA rule.
@@ -10,12 +10,19 @@
    the logged metrics) — torchrun, marked slow.
 5. End to end: every variant (and the multi-crop / option variants) trains 3 steps with finite loss and metrics.
 6. The registry and config validation.
+7. ``monitor()`` and ``erlib.nn.batch_statistics``: the training metrics plus backbone-feature η, without side effects,
+   BatchNorm on batch statistics with the running statistics untouched.
+8. Self-documenting options: ``describe``, ``summary``, help texts, enumerations, renamed options.
+9. Every option's effect: the configured value reaches the computation, against an independent float64 reference
+   (the network outputs come from a copy of the method's own modules; the loss / update formula is re-derived here).
 
 Everything runs on the CPU with the tiny ConvNet and small heads.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 
 import mpmath as mp
@@ -23,10 +30,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
+from torch import nn
 
 from erlib import bounds
 from erlib import methods as M
-from erlib.methods.common import continuous_metrics, encode_views
+from erlib.methods.common import (
+    continuous_metrics,
+    discrete_metrics,
+    encode_views,
+    er_objective,
+    feature_metrics,
+    global_marginal_entropy,
+)
+from erlib.nn import GlobalBatchNorm, TinyConvNet, batch_statistics, convert_to_global_batchnorm
 from erlib.schedules import ema_momentum
 from tests.conftest import torchrun
 from tests.ddp.methods_shared import CASES as DDP_CASES
@@ -41,7 +58,8 @@ SMALL = {
     "byol": dict(proj_hidden_dim=64, proj_dim=16, pred_hidden_dim=64),
     "dino": dict(out_dim=64, hidden_dim=64, bottleneck_dim=16),
 }
-VARIANTS = [(name, er) for name in ("simclr", "deepcluster", "swav", "byol", "dino") for er in (False, True)]
+NAMES = ("simclr", "deepcluster", "swav", "byol", "dino")
+VARIANTS = [(name, er) for name in NAMES for er in (False, True)]
 VARIANT_IDS = [f"{name}{'-er' if er else ''}" for name, er in VARIANTS]
 DISCRETE_FAMILIES = {"swav", "dino", "deepcluster"}
 
@@ -55,9 +73,14 @@ def make(name: str, er: bool = False, **overrides) -> M.Method:
     return M.build(name, er=er, backbone="convnet_tiny", **{**SMALL[name], **overrides}).train()
 
 
-def images(n: int, size: int = 32, seed: int = 0, count: int = 2) -> list[torch.Tensor]:
+def make64(name: str, er: bool = False, **overrides) -> M.Method:
+    """``make`` in float64, for comparisons against float64 references at tight tolerances."""
+    return make(name, er, **overrides).double()
+
+
+def images(n: int, size: int = 32, seed: int = 0, count: int = 2, dtype: torch.dtype = torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(n, 3, size, size, generator=g) for _ in range(count)]
+    return [torch.rand(n, 3, size, size, generator=g).to(dtype) for _ in range(count)]
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -68,15 +91,60 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
+@torch.no_grad()
+def perturb_(module: nn.Module, seed: int, scale: float = 0.05) -> None:
+    """Move every parameter of ``module`` by seeded noise (breaks the teacher = student symmetry at initialisation,
+    so a test can tell which network a quantity came from)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def np64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(F64).numpy()
+
+
 def log_softmax_np(x: np.ndarray) -> np.ndarray:
     x = x - x.max()
     return x - math.log(np.exp(x).sum())
 
 
+def lse_rows(x: np.ndarray) -> np.ndarray:
+    """log Σ_j exp(x_ij) per row, with the max shift."""
+    m = x.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy_rows(target: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over rows of −Σ_c target_c log softmax(logits)_c."""
+    return float(np.mean(-(target * (logits - lse_rows(logits)[:, None])).sum(axis=1)))
+
+
+def marginal_entropy_np(p: np.ndarray) -> float:
+    """H(p̄) of the batch-mean of probability rows."""
+    m = p.mean(axis=0)
+    return float(-(m * np.log(m)).sum())
+
+
+def relative_kde_entropy_np(z: np.ndarray, kappa: float) -> float:
+    """Constant-free Joe KDE entropy with self-term: −(1/k) Σ_i log Σ_j exp(κ z_iᵀz_j) + log k, unit rows."""
+    return float(-lse_rows(kappa * z @ z.T).mean() + math.log(len(z)))
+
+
+def log_vmf_normalizer_mpmath(d: int, kappa: float) -> float:
+    mp.mp.dps = 30
+    return float((d / 2 - 1) * mp.log(kappa) - (d / 2) * mp.log(2 * mp.pi) - mp.log(mp.besseli(d / 2 - 1, kappa)))
+
+
 def sinkhorn_reference(scores: np.ndarray, epsilon: float, iterations: int) -> np.ndarray:
     """SwAV's Sinkhorn–Knopp, written from its description: Q = exp(S/ε)ᵀ (K×B), total mass 1, then per iteration
     every prototype row gets mass 1/K and every sample column mass 1/B; finally columns are scaled to sum to 1."""
-    q = np.exp(scores / epsilon).T
+    q = np.exp((scores - scores.max()) / epsilon).T
     n_protos, n_samples = q.shape
     q = q / q.sum()
     for _ in range(iterations):
@@ -88,8 +156,58 @@ def sinkhorn_reference(scores: np.ndarray, epsilon: float, iterations: int) -> n
 
 
 def cross_entropy_np(target: np.ndarray, logits: np.ndarray) -> float:
-    """Mean over rows of −Σ_c target_c log softmax(logits)_c."""
+    """Mean over rows of −Σ_c target_c log softmax(logits)_c (an explicit loop over rows)."""
     return float(np.mean([-(t * log_softmax_np(row)).sum() for t, row in zip(target, logits)]))
+
+
+def ntxent_np(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:
+    """NT-Xent by an explicit double loop over the 2B anchors (unit rows)."""
+    u, batch = np.concatenate([z1, z2]), len(z1)
+    total = 0.0
+    for a in range(2 * batch):
+        positive = a + batch if a < batch else a - batch
+        denominator = sum(math.exp(u[a] @ u[b] / temperature) for b in range(2 * batch) if b != a)
+        total += -math.log(math.exp(u[a] @ u[positive] / temperature) / denominator)
+    return total / (2 * batch)
+
+
+def dino_loss_np(
+    student: list[np.ndarray], teacher: list[np.ndarray], center: np.ndarray, tau_s: float, tau_t: float
+) -> float:
+    """Mean over (teacher global view t, student view s ≠ t) of the batch-mean CE(softmax((g_t − c)/τ_t), g_s/τ_s)."""
+    terms = [
+        cross_entropy_rows(softmax_rows((teacher[t] - center) / tau_t), student[s] / tau_s)
+        for t in range(len(teacher))
+        for s in range(len(student))
+        if s != t
+    ]
+    return float(np.mean(terms))
+
+
+def by_resolution(views: list[torch.Tensor], fn) -> list[torch.Tensor]:
+    """``fn`` applied to the concatenation of the views of each resolution, split back into views (how the methods
+    batch views, so that BatchNorm sees the same batches)."""
+    out: list = [None] * len(views)
+    for size in dict.fromkeys(v.shape[-1] for v in views):
+        idx = [i for i, v in enumerate(views) if v.shape[-1] == size]
+        for i, part in zip(idx, fn(torch.cat([views[i] for i in idx])).chunk(len(idx))):
+            out[i] = part
+    return out
+
+
+def state_snapshot(module: nn.Module) -> dict:
+    return copy.deepcopy(module.state_dict())
+
+
+def assert_same_state(module: nn.Module, snapshot: dict) -> None:
+    """Every tensor bit-identical and every extra state (host counters) equal."""
+    state = module.state_dict()
+    assert set(state) == set(snapshot)
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, snapshot[key]), key
+        else:
+            assert value == snapshot[key], key
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -120,8 +238,7 @@ def test_sinkhorn_converged_codes_have_unit_rows_and_uniform_batch_marginal():
     plan = q.double().T / batch
     torch.testing.assert_close(plan.sum(dim=1), torch.full((protos,), 1 / protos, dtype=F64), rtol=0, atol=1e-6)
     torch.testing.assert_close(plan.sum(dim=0), torch.full((batch,), 1 / batch, dtype=F64), rtol=0, atol=1e-6)
-    torch.testing.assert_close(q.double().mean(dim=0), torch.full((protos,), 1 / protos, dtype=F64), rtol=0,
-                               atol=1e-6)
+    torch.testing.assert_close(q.double().mean(dim=0), torch.full((protos,), 1 / protos, dtype=F64), rtol=0, atol=1e-6)
 
 
 def test_sinkhorn_three_iterations_match_reference_loop_and_rows_sum_to_one():
@@ -183,8 +300,12 @@ def test_center_update_is_ema_of_teacher_mean_over_views_and_batch():
     center, momentum = randn(6, seed=41), 0.7
     teacher = [randn(4, 6, seed=42), randn(4, 6, seed=43)]
     mean = sum(teacher[v][i] for v in range(2) for i in range(4)) / 8
-    torch.testing.assert_close(M.center_update(center, teacher, momentum).double(),
-                               momentum * center + (1 - momentum) * mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        M.center_update(center, teacher, momentum).double(),
+        momentum * center + (1 - momentum) * mean,
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_deepcluster_loss_matches_explicit_cross_entropy():
@@ -252,11 +373,6 @@ def test_swav_loss_of_collapsed_embeddings_is_at_least_log_k():
     assert float(M.swav_loss(scores, scores)) >= math.log(k) - 1e-6
 
 
-def log_vmf_normalizer_mpmath(d: int, kappa: float) -> float:
-    mp.mp.dps = 30
-    return float((d / 2 - 1) * mp.log(kappa) - (d / 2) * mp.log(2 * mp.pi) - mp.log(mp.besseli(d / 2 - 1, kappa)))
-
-
 def test_collapsed_batch_estimator_signatures():
     d, kappa = 16, 10.0
     z = unit(randn(1, d, seed=72)).repeat(12, 1)
@@ -277,6 +393,65 @@ def test_method_metrics_of_a_collapsed_batch():
     assert float(metrics["reconstruction"]) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("kappa", [2.0, 10.0, 40.0])
+def test_continuous_metrics_match_a_float64_rederivation(kappa):
+    """Every continuous metric from its definition in NumPy, with the vMF constant from mpmath's Bessel function:
+    H̃(z) = −(1/k)Σ_i log Σ_j e^{κ z_iᵀz_j} + log k, Ĥ = H̃ − log C_d(κ), η = (H̃ + κ)/log k,
+    Î_ER = H̃(t) + κ·mean cos(p, t), Î_NCE = (1/k)Σ_i [κ p_iᵀt_i − log Σ_j e^{κ p_iᵀt_j}] + log k."""
+    k, d = 12, 8
+    pred, target, online = unit(randn(k, d, seed=90)), unit(randn(k, d, seed=91)), unit(randn(k, d, seed=92))
+    got = {key: float(v) for key, v in continuous_metrics(pred, target, online, kappa).items()}
+    p, t, o = np64(pred), np64(target), np64(online)
+    log_c = log_vmf_normalizer_mpmath(d, kappa)
+    h_online, h_target = relative_kde_entropy_np(o, kappa), relative_kde_entropy_np(t, kappa)
+    cosines = (p * t).sum(axis=1)
+    cross = kappa * p @ t.T
+    expected = {
+        "entropy_online": h_online - log_c,
+        "entropy_target": h_target - log_c,
+        "eta_online": (h_online + kappa) / math.log(k),
+        "eta_target": (h_target + kappa) / math.log(k),
+        "reconstruction": float(cosines.mean()),
+        "er_bound": h_target + kappa * float(cosines.mean()),
+        "infonce": float((np.diag(cross) - lse_rows(cross)).mean()) + math.log(k),
+    }
+    assert set(got) == set(expected) == set(M.CONTINUOUS_METRICS)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_estimators_and_losses_stay_in_float32_under_bf16_autocast():
+    """Under autocast a float32 Gram matrix κ zᵀz would be rounded to bf16 (~0.01·κ per kernel logit): the ER terms,
+    NT-Xent and every metric switch autocast off and give the float32 values."""
+    z1, z2, z3 = (unit(randn(16, 8, seed=s)).float() for s in (97, 98, 99))
+    logits = 5 * randn(16, 12, seed=100).float()
+    probs = torch.softmax(logits, dim=1)
+    computations = {
+        "er_objective": lambda: er_objective(z1, z2, z3, 10.0),
+        "ntxent_loss": lambda: M.ntxent_loss(z1, z2, 0.2),
+        "embedding_entropy": lambda: M.embedding_entropy([z1, z2], 10.0),
+        "global_marginal_entropy": lambda: global_marginal_entropy([probs, probs.flip(0)]),
+        **{f"continuous:{k}": (lambda k=k: continuous_metrics(z1, z2, z3, 10.0)[k]) for k in M.CONTINUOUS_METRICS},
+        **{f"discrete:{k}": (lambda k=k: discrete_metrics(probs, logits)[k]) for k in M.DISCRETE_METRICS},
+        **{f"features:{k}": (lambda k=k: feature_metrics(z1, 10.0)[k]) for k in M.FEATURE_METRICS},
+    }
+    for name, compute in computations.items():
+        exact_value = compute()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_value = compute()
+        assert autocast_value.dtype == torch.float32, name
+        assert float(autocast_value) == pytest.approx(float(exact_value), rel=1e-6, abs=1e-6), name
+
+
+def test_er_objective_is_kappa_times_mean_cosine_plus_entropy_of_the_chosen_rows():
+    kappa = 7.0
+    pred, target, ent = unit(randn(10, 6, seed=93)), unit(randn(10, 6, seed=94)), unit(randn(10, 6, seed=95))
+    expected = kappa * float((np64(pred) * np64(target)).sum(axis=1).mean()) + relative_kde_entropy_np(np64(ent), kappa)
+    assert float(er_objective(pred, target, ent, kappa)) == pytest.approx(expected, rel=1e-10)
+    # the entropy is that of ``entropy_of``, not of the target
+    assert float(er_objective(pred, target, target, kappa)) != pytest.approx(expected, rel=1e-3)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # 3. optimisation and the EMA teacher
 # ------------------------------------------------------------------------------------------------------------------
@@ -288,14 +463,14 @@ def fill_bank_and_cluster(method: M.DeepClusterV2, views: list[torch.Tensor], in
     with torch.no_grad():
         out = method(views, index=index)
     if not method.er:
-        assert float(out.loss) == 0.0  # nothing to predict while the bank fills
+        assert float(out.loss.detach()) == 0.0  # nothing to predict while the bank fills
     assert bool(method.seen.all())
     method.cluster()
     assert method.has_labels and bool((method.assignments >= 0).all())
     assert method.assignments.shape == (len(method.cfg.num_prototypes), method.cfg.num_samples)
     for h, k in enumerate(method.cfg.num_prototypes):
         assert bool((method.assignments[h] < k).all())
-        torch.testing.assert_close(method.prototypes(h).norm(dim=1), torch.ones(k))
+        torch.testing.assert_close(method.prototypes(h).norm(dim=1), torch.ones(k, dtype=method.memory.dtype))
 
 
 def converge_dino_center(method: M.DINO, views: list[torch.Tensor]) -> None:
@@ -305,7 +480,7 @@ def converge_dino_center(method: M.DINO, views: list[torch.Tensor]) -> None:
     loss measures the student's fit alone."""
     teacher = method.teacher
     with torch.no_grad():
-        logits = encode_views(lambda x: teacher["head"](teacher["backbone"](x)), views[:2])
+        logits = by_resolution(views[:2], lambda x: teacher["head"](teacher["backbone"](x)))
         method.center.copy_(torch.cat(logits).mean(dim=0))
 
 
@@ -330,8 +505,10 @@ def test_a_few_adam_steps_on_a_fixed_batch_lower_the_loss(name, er):
     assert losses[-1] < losses[0] - 0.05, losses
 
 
-TEACHERS = {"byol": {"target.0.": "backbone.", "target.1.": "projector."},
-            "dino": {"teacher.backbone.": "backbone.", "teacher.head.": "head."}}
+TEACHERS = {
+    "byol": {"target.0.": "backbone.", "target.1.": "projector."},
+    "dino": {"teacher.backbone.": "backbone.", "teacher.head.": "head."},
+}
 
 
 def teacher_student_pairs(method: M.Method, kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -342,7 +519,7 @@ def teacher_student_pairs(method: M.Method, kind: str) -> list[tuple[str, torch.
     for name, tensor in named.items():
         for t_prefix, s_prefix in prefixes.items():
             if name.startswith(t_prefix):
-                pairs.append((name, tensor, named[s_prefix + name[len(t_prefix):]]))
+                pairs.append((name, tensor, named[s_prefix + name[len(t_prefix) :]]))
     return pairs
 
 
@@ -363,7 +540,7 @@ def test_ema_teacher_gets_no_gradient_and_moves_only_by_the_ema_rule(name, er):
         assert not teacher.requires_grad and teacher.grad is None
     before = [t.detach().clone() for _, t, _ in params]
     optimizer.step()
-    for (n, teacher, student), old in zip(params, before):
+    for (n, teacher, _student), old in zip(params, before):
         assert torch.equal(teacher, old), f"the optimiser moved the teacher parameter {n}"
     assert any(not torch.equal(s, t) for _, t, s in params)  # the student moved away from the teacher
     method.update(progress)
@@ -385,25 +562,6 @@ def test_ema_with_zero_momentum_makes_the_teacher_equal_the_student(name):
     method.update(0.0)
     for n, teacher, student in teacher_student_pairs(method, "params") + teacher_student_pairs(method, "buffers"):
         torch.testing.assert_close(teacher, student, rtol=0, atol=1e-7, msg=n)
-
-
-def test_dino_discrete_metrics_use_the_center_of_the_loss():
-    """The logged teacher target (marginal/conditional entropy, cross-entropy) must be the distribution the loss was
-    computed with, i.e. centred with the center *before* this step's center update."""
-    method = make("dino", center_momentum=0.5)
-    views = images(8, seed=5)
-    method.center.copy_(0.5 * torch.randn(64, generator=torch.Generator().manual_seed(6)))
-    old_center = method.center.clone()
-    with torch.no_grad():  # BN in training mode: the per-resolution concatenation matters, replicate it
-        g_t = encode_views(lambda x: method.teacher["head"](method.teacher["backbone"](x)), views)
-        g_s = [method.head.logits(e) for e in encode_views(lambda x: method.head.embed(method.backbone(x)), views)]
-    out = method(views)
-    assert not torch.equal(method.center, old_center)  # the forward did update the center
-    target = torch.softmax((g_t[0] - old_center) / method.cfg.teacher_temp, dim=1)
-    expected_ce = -(target * torch.log_softmax(g_s[1] / method.cfg.student_temp, dim=1)).sum(dim=1).mean()
-    assert float(out.metrics["marginal_entropy_target"]) == pytest.approx(
-        float(bounds.marginal_entropy(target)), rel=1e-4)
-    assert float(out.metrics["cross_entropy"]) == pytest.approx(float(expected_ce), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -442,8 +600,9 @@ def test_two_processes_equal_one_process_loss_gradients_and_center(case, ddp_ran
         for name, full in single["grads"].items():
             # the gather's backward sums every rank's copy of the loss; the DDP average then gives the full gradient
             scale = float(full.abs().max())
-            torch.testing.assert_close(got["grads"][name], full, rtol=1e-4, atol=1e-4 * scale + 1e-9,
-                                       msg=f"{case} rank {r}: {name}")
+            torch.testing.assert_close(
+                got["grads"][name], full, rtol=1e-4, atol=1e-4 * scale + 1e-9, msg=f"{case} rank {r}: {name}"
+            )
         if single["center"] is not None:
             assert float(single["center"].abs().max()) > 0  # the forward moved the center off zero
             torch.testing.assert_close(got["center"], single["center"], rtol=1e-5, atol=1e-6)
@@ -459,8 +618,11 @@ def test_two_processes_log_the_global_batch_metrics(case, ddp_ranks, single_proc
     for r, rank in enumerate(ddp_ranks):
         got = rank["results"][case]["metrics"]
         assert set(got) == set(single)
-        wrong = {k: (float(got[k]), float(v)) for k, v in single.items()
-                 if not math.isclose(float(got[k]), float(v), rel_tol=1e-4, abs_tol=1e-5)}
+        wrong = {
+            k: (float(got[k]), float(v))
+            for k, v in single.items()
+            if not math.isclose(float(got[k]), float(v), rel_tol=1e-4, abs_tol=1e-5)
+        }
         assert not wrong, f"rank {r} reports per-shard values (2 processes, 1 process): {wrong}"
 
 
@@ -470,11 +632,16 @@ def test_two_processes_log_the_global_batch_metrics(case, ddp_ranks, single_proc
 
 E2E = [(name, er, 2, {}) for name, er in VARIANTS]
 E2E += [(name, er, 4, {}) for name in ("swav", "dino", "deepcluster") for er in (False, True)]  # 2×32 px + 2×16 px
-E2E += [("swav", False, 2, dict(queue_length=16, queue_start_epoch=0)), ("swav", True, 4, dict(keep_sinkhorn=True)),
-        ("swav", False, 2, dict(freeze_prototypes_steps=2)), ("byol", True, 2, dict(entropy_on="prediction")),
-        ("dino", True, 4, dict(centering=False, sharpening=False)),
-        ("dino", False, 2, dict(teacher_temp_warmup=0.5, warmup_teacher_temp=0.02, freeze_last_layer_steps=1)),
-        ("simclr", False, 2, dict(proj_layers=3))]
+E2E += [
+    ("swav", False, 2, dict(queue_length=16, queue_start_epoch=0)),
+    ("swav", True, 4, dict(keep_sinkhorn=True)),
+    ("swav", False, 2, dict(freeze_prototypes_steps=2)),
+    ("byol", True, 2, dict(entropy_on="prediction")),
+    ("dino", True, 4, dict(centering=False, sharpening=False)),
+    ("dino", False, 2, dict(teacher_temp_warmup_fraction=0.5, teacher_temp_start=0.02, freeze_last_layer_steps=1)),
+    ("dino", True, 4, dict(entropy_on="embedding")),
+    ("simclr", False, 2, dict(proj_layers=3)),
+]
 E2E_IDS = [f"{n}{'-er' if er else ''}-{v}views{'-' + '-'.join(o) if o else ''}" for n, er, v, o in E2E]
 
 
@@ -581,7 +748,13 @@ BAD_CONFIGS = [
     ("deepcluster", dict(temperature=-0.1), "temperature"),
     ("dino", dict(center_momentum=2), "center_momentum"),
     ("dino", dict(teacher_temp=0), "teacher_temp"),
-    ("dino", dict(teacher_temp_warmup=1.5), "teacher_temp_warmup"),
+    ("dino", dict(teacher_temp_warmup_fraction=1.5), "teacher_temp_warmup_fraction"),
+    ("dino", dict(teacher_temp_start=0.0), "teacher_temp_start"),
+    ("dino", dict(entropy_on="x"), "entropy_on"),
+    ("dino", dict(freeze_last_layer_steps=-1), "freeze_last_layer_steps"),
+    ("simclr", dict(kappa=1e9), "kappa"),
+    ("deepcluster", dict(seed=-1), "seed"),
+    ("swav", dict(freeze_prototypes_steps=-2), "freeze_prototypes_steps"),
     ("dino", dict(tau_base=-0.1), "tau_base"),
     ("swav", dict(epsilon=0), "epsilon"),
     ("swav", dict(sinkhorn_iterations=0), "sinkhorn_iterations"),
@@ -590,8 +763,11 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("name,options,field", BAD_CONFIGS,
-                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o, _ in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "name,options,field",
+    BAD_CONFIGS,
+    ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o, _ in BAD_CONFIGS],
+)
 def test_bad_config_raises_value_error_naming_the_field(name, options, field):
     options = {"backbone": "convnet_tiny", **options}
     with pytest.raises(ValueError, match=field):
@@ -611,3 +787,812 @@ def test_non_integer_counts_raise_value_error_naming_the_field(name, options, fi
     k-means iterations, only after the first epoch) without naming the field."""
     with pytest.raises(ValueError, match=field):
         M.build(name, backbone="convnet_tiny", **options)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 7. monitor() and batch_statistics
+# ------------------------------------------------------------------------------------------------------------------
+
+MONITOR_CASES = [(name, er, {}) for name, er in VARIANTS] + [
+    ("swav", False, dict(queue_length=8, queue_start_epoch=0)),
+    ("dino", True, dict(entropy_on="embedding")),
+]
+MONITOR_IDS = [f"{n}{'-er' if er else ''}{'-' + '-'.join(o) if o else ''}" for n, er, o in MONITOR_CASES]
+
+
+def method_and_views(name: str, er: bool = False, n: int = 16, **options):
+    method = make(name, er, **({"num_samples": n} if name == "deepcluster" else {}), **options)
+    return method, images(n, seed=11), torch.arange(n)
+
+
+@pytest.mark.parametrize("name,er,options", MONITOR_CASES, ids=MONITOR_IDS)
+def test_monitor_reports_the_training_metrics_plus_backbone_feature_entropy_without_side_effects(name, er, options):
+    method, views, index = method_and_views(name, er, **options)
+    method.on_epoch_start(0)
+    if options.get("queue_length"):  # a full queue, so that the codes use it
+        method(views, index=index)
+        assert method.use_queue and method.queue_filled == 8
+    train_keys = set(method(views, index=index).metrics)
+    for mode in ("train", "eval"):
+        method.train(mode == "train")
+        before = state_snapshot(method)
+        with batch_statistics(method):
+            metrics = method.monitor(views, index=index)
+        assert_same_state(method, before)  # no center update, queue push, bank write, counter, BN statistic
+        assert method.training is (mode == "train")
+        assert set(metrics) == train_keys | set(M.FEATURE_METRICS), mode
+        for key, value in metrics.items():
+            assert value.dim() == 0 and not value.requires_grad and math.isfinite(float(value)), (mode, key)
+    method.eval()
+    before = state_snapshot(method)
+    method.monitor(views, index=index)  # plain eval mode: no side effect either
+    assert_same_state(method, before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_monitor_under_batch_statistics_equals_the_train_mode_forward_and_keeps_running_statistics(name):
+    """At initialisation the running statistics are the identity, so eval-mode η measures BatchNorm warming up:
+    the monitor must normalise with batch statistics (train-mode values) and leave the running statistics alone."""
+    method, views, index = method_and_views(name)
+    method.eval()
+    before = state_snapshot(method)
+    with batch_statistics(method):
+        monitored = method.monitor(views, index=index)
+    assert_same_state(method, before)  # running_mean / running_var / num_batches_tracked bit-identical
+    eval_mode = method.monitor(views, index=index)
+    reference = copy.deepcopy(method).train()
+    trained = reference(views, index=index).metrics
+    for key, value in trained.items():
+        assert float(monitored[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+    # the backbone-feature terms, from their definition on the train-mode features of view 0
+    with torch.no_grad():
+        h0 = np64(unit(reference.backbone(torch.cat(views[:2]))[: len(index)]))
+    kappa, d = method.cfg.kappa, h0.shape[1]
+    h_tilde = relative_kde_entropy_np(h0, kappa)
+    assert float(monitored["entropy_features"]) == pytest.approx(
+        h_tilde - log_vmf_normalizer_mpmath(d, kappa), rel=1e-5
+    )
+    assert float(monitored["eta_features"]) == pytest.approx((h_tilde + kappa) / math.log(len(index)), rel=1e-5)
+    # the test can fail: eval mode (running statistics) gives a very different η
+    assert abs(float(eval_mode["eta_features"]) - float(monitored["eta_features"])) > 0.1
+    assert float(monitored["eta_features"]) > 0.2 > float(eval_mode["eta_features"])
+
+
+def test_monitor_with_global_batchnorm_equals_the_train_mode_forward():
+    method, views, _ = method_and_views("byol")
+    convert_to_global_batchnorm(method)
+    assert any(isinstance(m, GlobalBatchNorm) for m in method.modules())
+    method.eval()
+    before = state_snapshot(method)
+    with batch_statistics(method):
+        monitored = method.monitor(views)
+    assert_same_state(method, before)
+    trained = copy.deepcopy(method).train()(views).metrics
+    for key, value in trained.items():
+        assert float(monitored[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+
+
+def test_batch_statistics_restores_flags_and_leaves_the_method_mode_alone():
+    method = make("simclr")
+    method.eval()
+    method.backbone.features[1].train()  # one BN layer in training mode, the rest in eval mode
+    norms = [m for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    flags = [(m.training, m.track_running_stats) for m in norms]
+    assert len({f[0] for f in flags}) == 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with batch_statistics(method):
+            assert all(m.training and not m.track_running_stats for m in norms)
+            assert not method.training and not method.projector.training  # only BatchNorm layers change
+            raise RuntimeError("an error inside the block")
+    assert [(m.training, m.track_running_stats) for m in norms] == flags
+
+
+def test_global_batchnorm_distributed_branch_under_batch_statistics(monkeypatch):
+    """GlobalBatchNorm's DDP path (gathered statistics), here with a 1-rank 'world': inside batch_statistics it
+    normalises with the batch's mean and biased variance and leaves the running statistics and counter alone."""
+    from erlib import distributed
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 1)
+    monkeypatch.setattr(distributed, "gather", lambda x: x)
+    torch.manual_seed(3)
+    bn = GlobalBatchNorm(5).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 1.5, 5))
+        bn.bias.copy_(torch.linspace(-1, 1, 5))
+    bn.eval()
+    x = 2.0 + 3.0 * randn(32, 5, seed=96)
+    before = state_snapshot(bn)
+    with batch_statistics(bn):
+        y = bn(x)
+    assert_same_state(bn, before)
+    xs = np64(x)
+    expected = (xs - xs.mean(0)) / np.sqrt(xs.var(0) + bn.eps) * np64(bn.weight) + np64(bn.bias)
+    np.testing.assert_allclose(np64(y), expected, rtol=1e-10, atol=1e-10)
+    bn.train()
+    bn(x)  # the same call in training mode does move the running statistics (so the check above can fail)
+    assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean, before["running_mean"])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 8. self-documenting options
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_describe_lists_every_field_with_type_default_help_and_choices(name):
+    infos = M.describe(name)
+    config = M.config_for(name)
+    assert [o.name for o in infos] == M.METHODS[name].Config.field_names()
+    assert [o.name for o in infos[:3]] == ["backbone", "er", "kappa"]  # the common fields first
+    for info in infos:
+        assert info.default == getattr(config, info.name), info.name
+        assert info.type in {"str", "bool", "int", "float", "tuple[int, ...]"}, (info.name, info.type)
+        assert 20 <= len(info.help) <= 400 and info.help.endswith("."), info.name
+        if info.choices is not None:
+            assert info.default in info.choices
+    choices = {o.name: o.choices for o in infos if o.choices is not None}
+    assert choices["backbone"] == tuple(
+        sorted(
+            ["convnet_tiny", "resnet18_cifar", "resnet34_cifar", "resnet50_cifar", "resnet18", "resnet34", "resnet50"]
+        )
+    )
+    assert set(choices) == {"backbone"} | ({"entropy_on"} if name in ("byol", "dino") else set())
+
+
+def test_describe_help_names_the_original_recipes():
+    helps = {(name, o.name): o.help for name in NAMES for o in M.describe(name)}
+    expected = {
+        ("dino", "tau_base"): ["0.996", "0.9995", "256"],
+        ("dino", "teacher_temp"): ["0.04", "0.07"],
+        ("dino", "teacher_temp_start"): ["0.04"],
+        ("dino", "center_momentum"): ["0.9"],
+        ("dino", "freeze_last_layer_steps"): ["epoch"],
+        ("swav", "epsilon"): ["0.05"],
+        ("swav", "sinkhorn_iterations"): ["3"],
+        ("swav", "freeze_prototypes_steps"): ["313"],
+        ("swav", "queue_length"): ["3840", "256"],
+        ("swav", "queue_start_epoch"): ["15"],
+        ("byol", "tau_base"): ["0.99", "0.996", "1000", "0.97", "40"],
+        ("simclr", "temperature"): ["0.5", "0.2", "0.1", "solo-learn"],
+        ("simclr", "kappa"): ["1/τ"],
+    }
+    for key, fragments in expected.items():
+        for fragment in fragments:
+            assert fragment in helps[key], (key, fragment)
+
+
+PAPERS = {
+    "simclr": "Chen et al., 2020",
+    "deepcluster": "Caron et al., 2020",
+    "swav": "Caron et al., 2020",
+    "byol": "Grill et al., 2020",
+    "dino": "Caron et al., 2021",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_summary_is_one_paragraph_naming_the_paper(name):
+    text = M.summary(name)
+    assert "\n" not in text and 100 < len(text) < 600
+    assert PAPERS[name] in text and f"{name}-er" in text.lower().replace("deepcluster-v2-er", "deepcluster-er")
+
+
+def test_describe_and_summary_reject_an_unknown_method():
+    with pytest.raises(ValueError, match="mocov3"):
+        M.describe("mocov3")
+    with pytest.raises(ValueError, match="mocov3"):
+        M.summary("mocov3")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_enumeration_rejects_a_value_outside_its_choices(name):
+    for info in M.describe(name):
+        if info.choices is None:
+            continue
+        with pytest.raises(ValueError, match=rf"{info.name} must be one of .*got 'nonsense'"):
+            M.config_for(name, **{info.name: "nonsense"})
+
+
+@pytest.mark.parametrize("kappa", [1e9, 1000.5, float("inf")])
+def test_kappa_above_its_documented_bound_raises_before_any_allocation(kappa):
+    with pytest.raises(ValueError, match=r"kappa must (lie in \(0, 1000\]|be a number > 0)"):
+        M.config_for("byol", kappa=kappa)
+    assert M.config_for("byol", kappa=1000.0).kappa == 1000.0  # the bound itself is allowed
+    assert M.KAPPA_MAX == 1000.0
+
+
+def test_renamed_dino_options_raise_naming_the_new_name():
+    with pytest.raises(ValueError, match="warmup_teacher_temp -> teacher_temp_start"):
+        M.build("dino", warmup_teacher_temp=0.02)
+    with pytest.raises(ValueError, match="teacher_temp_warmup -> teacher_temp_warmup_fraction"):
+        M.config_for("dino", teacher_temp_warmup=0.3)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 9. every option reaches the computation (network outputs from a copy of the method's modules, formulas here)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def test_encode_views_batches_views_of_one_resolution_and_keeps_view_order():
+    views = images(3, 32, count=2) + images(3, 16, seed=1, count=1) + images(3, 32, seed=2, count=1)
+    calls = []
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.mean(dim=(2, 3))
+
+    def head(h: torch.Tensor) -> torch.Tensor:  # a batch statistic: shows which views went through together
+        return h - h.mean(dim=0)
+
+    feats, outs = encode_views(views, backbone, head)
+    assert calls == [9, 3]  # the three 32 px views in one batch, then the 16 px view
+    for view, feat in zip(views, feats):
+        torch.testing.assert_close(feat, view.mean(dim=(2, 3)))
+    large = torch.cat([feats[i] for i in (0, 1, 3)])
+    torch.testing.assert_close(outs[3], (large - large.mean(dim=0))[6:])
+    torch.testing.assert_close(outs[2], feats[2] - feats[2].mean(dim=0))
+    with pytest.raises(ValueError, match="at least one"):
+        encode_views([], backbone, head)
+
+
+def test_backbone_option_builds_the_named_network():
+    tiny = make("simclr")
+    assert isinstance(tiny.backbone, TinyConvNet) and tiny.feature_dim == 128
+    assert linear_shapes(tiny.projector)[0] == (128, 64)
+    cifar = M.build("simclr", backbone="resnet18_cifar", proj_hidden_dim=8, proj_dim=4)
+    imagenet = M.build("simclr", backbone="resnet18", proj_hidden_dim=8, proj_dim=4)
+    for method in (cifar, imagenet):
+        assert isinstance(method.backbone, torchvision.models.ResNet) and method.feature_dim == 512
+        assert linear_shapes(method.projector)[0] == (512, 8)
+    assert cifar.backbone.conv1.kernel_size == (3, 3) and cifar.backbone.conv1.stride == (1, 1)
+    assert isinstance(cifar.backbone.maxpool, nn.Identity)
+    assert imagenet.backbone.conv1.kernel_size == (7, 7) and isinstance(imagenet.backbone.maxpool, nn.MaxPool2d)
+
+
+# --- SimCLR ---------------------------------------------------------------------------------------------------------
+
+
+def simclr_projections(ref: M.SimCLR, views: list[torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        z = ref.projector(ref.backbone(torch.cat(views[:2])))
+    return [np64(unit(t)) for t in z.chunk(2)]
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_simclr_loss_is_ntxent_at_the_configured_temperature(temperature):
+    method = make64("simclr", temperature=temperature)
+    views = images(6, seed=20, dtype=F64)
+    z1, z2 = simclr_projections(copy.deepcopy(method), views)
+    out = method(views)
+    expected = ntxent_np(z1, z2, temperature)
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-9)
+    assert float(out.metrics["ntxent"]) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.5])
+def test_simclr_er_loss_uses_kappa_one_over_temperature_and_the_metrics_the_configured_kappa(temperature):
+    kappa = 3.0
+    method = make64("simclr", er=True, temperature=temperature, kappa=kappa)
+    views = images(6, seed=21, dtype=F64)
+    z1, z2 = simclr_projections(copy.deepcopy(method), views)
+    out = method(views)
+    k = 1.0 / temperature
+    mean_cos = float((z1 * z2).sum(axis=1).mean())
+    expected = -(k * mean_cos + 0.5 * (relative_kde_entropy_np(z1, k) + relative_kde_entropy_np(z2, k)))
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-9)
+    eta = (relative_kde_entropy_np(z1, kappa) + kappa) / math.log(6)
+    assert float(out.metrics["eta_online"]) == pytest.approx(eta, rel=1e-9)
+    assert float(out.metrics["er_bound"]) == pytest.approx(
+        relative_kde_entropy_np(z2, kappa) + kappa * mean_cos, rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_simclr_projector_has_the_configured_depth_and_sizes(layers):
+    method = make("simclr", proj_layers=layers, proj_hidden_dim=24, proj_dim=10)
+    expected = [(128, 10)] if layers == 1 else [(128, 24)] + [(24, 24)] * (layers - 2) + [(24, 10)]
+    assert linear_shapes(method.projector) == expected
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in method.projector) == layers - 1
+
+
+# --- BYOL -----------------------------------------------------------------------------------------------------------
+
+
+def byol_tensors(ref: M.BYOL, views: list[torch.Tensor]):
+    """(unit projections z, unit predictions p, unit target projections z') of the two views, NumPy float64."""
+    with torch.no_grad():
+        z = ref.projector(ref.backbone(torch.cat(views[:2]))).chunk(2)
+        p = [unit(ref.predictor(zv)) for zv in z]
+        zt = unit(ref.target[1](ref.target[0](torch.cat(views[:2])))).chunk(2)
+    return [np64(unit(t)) for t in z], [np64(t) for t in p], [np64(t) for t in zt]
+
+
+def test_byol_loss_is_the_symmetrised_two_minus_two_cosine_to_the_other_views_target():
+    method = make64("byol")
+    perturb_(method.target, seed=1)  # the target differs from the online network
+    views = images(6, seed=22, dtype=F64)
+    z, p, zt = byol_tensors(copy.deepcopy(method), views)
+    out = method(views)
+    expected = 0.5 * sum(float(np.mean(2 - 2 * (p[a] * zt[b]).sum(axis=1))) for a, b in ((0, 1), (1, 0)))
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-9)
+    assert float(out.metrics["byol_loss"]) == pytest.approx(
+        float(np.mean(2 - 2 * (p[0] * zt[1]).sum(axis=1))), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("entropy_on", ["projection", "prediction"])
+@pytest.mark.parametrize("kappa", [5.0, 20.0])
+def test_byol_er_loss_puts_the_entropy_on_the_configured_rows_with_the_configured_kappa(entropy_on, kappa):
+    method = make64("byol", er=True, entropy_on=entropy_on, kappa=kappa)
+    perturb_(method.target, seed=1)
+    views = images(6, seed=23, dtype=F64)
+    z, p, zt = byol_tensors(copy.deepcopy(method), views)
+    out = method(views)
+
+    def loss_with_entropy_of(ent: list[np.ndarray]) -> float:
+        return -0.5 * sum(
+            kappa * float((p[a] * zt[b]).sum(axis=1).mean()) + relative_kde_entropy_np(ent[a], kappa)
+            for a, b in ((0, 1), (1, 0))
+        )
+
+    chosen, other = (z, p) if entropy_on == "projection" else (p, z)
+    assert float(out.loss.detach()) == pytest.approx(loss_with_entropy_of(chosen), rel=1e-9)
+    assert abs(loss_with_entropy_of(chosen) - loss_with_entropy_of(other)) > 1e-3  # the choice is visible
+
+
+def test_byol_heads_have_the_configured_sizes():
+    method = make("byol", proj_hidden_dim=24, proj_dim=10, pred_hidden_dim=12)
+    assert linear_shapes(method.projector) == [(128, 24), (24, 10)]
+    assert linear_shapes(method.predictor) == [(10, 12), (12, 10)]
+    assert linear_shapes(method.target) == [(128, 24), (24, 10)]
+
+
+# --- DINO -----------------------------------------------------------------------------------------------------------
+
+
+def dino_tensors(ref: M.DINO, views: list[torch.Tensor]):
+    """Student (unit embeddings, logits) of every view and teacher (unit embeddings, logits) of the global views."""
+    teacher = ref.teacher
+    with torch.no_grad():
+        e_s = by_resolution(views, lambda x: unit(ref.head.mlp(ref.backbone(x))))
+        e_t = by_resolution(views[:2], lambda x: unit(teacher["head"].mlp(teacher["backbone"](x))))
+        g_s = [ref.head.last_layer(e) for e in e_s]
+        g_t = [teacher["head"].last_layer(e) for e in e_t]
+    return [np64(t) for t in e_s], [np64(t) for t in g_s], [np64(t) for t in e_t], [np64(t) for t in g_t]
+
+
+def dino_views(batch: int = 6, seed: int = 24) -> list[torch.Tensor]:
+    """Two global 32 px views and two local 16 px views, float64."""
+    return images(batch, 32, seed=seed, dtype=F64) + images(batch, 16, seed=seed + 1, dtype=F64)
+
+
+def make_dino(**options) -> M.DINO:
+    method = make64("dino", **options)
+    perturb_(method.teacher, seed=2)
+    return method
+
+
+DINO_LOSS_CASES = [dict(), dict(student_temp=0.2, teacher_temp=0.07), dict(centering=False), dict(sharpening=False)]
+
+
+@pytest.mark.parametrize("options", DINO_LOSS_CASES, ids=["defaults", "temperatures", "no-centering", "no-sharpening"])
+def test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening(options):
+    method = make_dino(**options)
+    center = 0.5 * randn(64, seed=3)
+    method.center.copy_(center)  # nonzero: with centering=False it must be ignored
+    views = dino_views()
+    _, g_s, _, g_t = dino_tensors(copy.deepcopy(method), views)
+    out = method(views)
+    cfg = method.cfg
+    tau_t = cfg.teacher_temp if cfg.sharpening else cfg.student_temp
+    c = np64(center) if cfg.centering else np.zeros(64)
+    assert float(out.loss.detach()) == pytest.approx(dino_loss_np(g_s, g_t, c, cfg.student_temp, tau_t), rel=1e-9)
+    assert float(out.metrics["teacher_temp"]) == pytest.approx(tau_t, abs=1e-15)
+    # the logged discrete metrics use the loss's target (centred with the center *before* this step's update)
+    target = softmax_rows((g_t[0] - c) / tau_t)
+    assert float(out.metrics["marginal_entropy_target"]) == pytest.approx(marginal_entropy_np(target), rel=1e-9)
+    assert float(out.metrics["cross_entropy"]) == pytest.approx(
+        cross_entropy_rows(target, g_s[1] / cfg.student_temp), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("momentum", [0.6, 0.95])
+def test_dino_center_is_the_ema_of_the_teacher_logits_over_the_batch_and_both_global_views(momentum):
+    method = make_dino(center_momentum=momentum)
+    c0 = 0.3 * randn(64, seed=5)
+    method.center.copy_(c0)
+    views = dino_views()
+    _, _, _, g_t = dino_tensors(copy.deepcopy(method), views)
+    method(views)
+    rows = [g_t[v][i] for v in range(2) for i in range(6)]  # global views only, every image
+    batch_mean = sum(rows) / len(rows)
+    np.testing.assert_allclose(
+        np64(method.center), momentum * np64(c0) + (1 - momentum) * batch_mean, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_dino_center_stays_put_without_centering_and_in_eval_mode():
+    for method in (make_dino(centering=False), make_dino().eval()):
+        method.center.copy_(0.3 * randn(64, seed=5))
+        before = method.center.clone()
+        method(dino_views())
+        assert torch.equal(method.center, before)
+
+
+def test_dino_teacher_temperature_warms_up_linearly_from_its_start_value():
+    method = make_dino(teacher_temp_start=0.02, teacher_temp=0.06, teacher_temp_warmup_fraction=0.4)
+    assert method.teacher_temperature() == pytest.approx(0.02, abs=1e-15)  # progress 0, before any update
+    for progress in (0.0, 0.1, 0.2, 0.3, 0.4, 0.55, 1.0):
+        method.update(progress)
+        expected = 0.02 + (0.06 - 0.02) * progress / 0.4 if progress < 0.4 else 0.06
+        assert method.teacher_temperature() == pytest.approx(expected, abs=1e-15), progress
+    method.update(0.1)  # τ_t = 0.03: the loss and the logged value use it
+    views = dino_views()
+    _, g_s, _, g_t = dino_tensors(copy.deepcopy(method), views)
+    out = method(views)
+    assert float(out.metrics["teacher_temp"]) == pytest.approx(0.03, abs=1e-15)
+    assert float(out.loss.detach()) == pytest.approx(dino_loss_np(g_s, g_t, np.zeros(64), 0.1, 0.03), rel=1e-9)
+    # no warm-up: teacher_temp from the first step; no sharpening: the student's temperature throughout
+    assert make("dino", teacher_temp=0.05).teacher_temperature() == 0.05
+    flat = make("dino", sharpening=False, student_temp=0.2, teacher_temp_warmup_fraction=0.5)
+    flat.update(0.1)
+    assert flat.teacher_temperature() == 0.2
+
+
+@pytest.mark.parametrize("frozen_steps", [0, 2])
+def test_dino_last_layer_gets_no_update_for_exactly_freeze_last_layer_steps(frozen_steps):
+    method = make("dino", freeze_last_layer_steps=frozen_steps)
+    last = method.head.last_layer.parametrizations.weight.original1  # the direction v of the weight-normed layer
+    first = method.head.mlp[0].weight
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    views = images(8, seed=25)
+    for step in range(frozen_steps + 2):
+        last_before, first_before = last.detach().clone(), first.detach().clone()
+        out = method(views)
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert (last.grad is None) is (step < frozen_steps), step
+        optimizer.step()
+        method.update((step + 1) / 10)
+        assert torch.equal(last, last_before) is (step < frozen_steps), step
+        assert not torch.equal(first, first_before), step  # the rest of the head learns meanwhile
+
+
+def test_dino_heads_have_the_configured_sizes():
+    method = make("dino", out_dim=40, hidden_dim=24, bottleneck_dim=12)
+    assert linear_shapes(method.head.mlp) == [(128, 24), (24, 24), (24, 12)]
+    assert method.head.last_layer.weight.shape == (40, 12) and method.center.shape == (40,)
+    assert linear_shapes(method.teacher["head"].mlp) == [(128, 24), (24, 24), (24, 12)]
+
+
+@pytest.mark.parametrize("entropy_on", ["marginal", "embedding"])
+def test_dino_er_adds_exactly_minus_the_configured_entropy_term(entropy_on):
+    """DINO-ER − DINO = −H(p̄_s) over all student views ("marginal") or −(1/V)Σ_v H̃_κ(ē_{s,v}) ("embedding")."""
+    kappa = 6.0
+    er, original = make_dino(er=True, entropy_on=entropy_on, kappa=kappa), make_dino(kappa=kappa)
+    views = dino_views()
+    e_s, g_s, _, _ = dino_tensors(copy.deepcopy(er), views)
+    difference = float(er(views).loss.detach()) - float(original(views).loss.detach())
+    marginal = marginal_entropy_np(np.concatenate([softmax_rows(g / er.cfg.student_temp) for g in g_s]))
+    embedding = float(np.mean([relative_kde_entropy_np(e, kappa) for e in e_s]))
+    assert difference == pytest.approx(-(marginal if entropy_on == "marginal" else embedding), rel=1e-8, abs=1e-10)
+    assert abs(marginal - embedding) > 0.1  # the two options are distinguishable
+
+
+def test_dino_er_embedding_entropy_gradient_spreads_collapsed_embeddings():
+    kappa = 10.0
+    centre = unit(randn(1, 16, seed=26))
+    z = (centre + 0.02 * randn(12, 16, seed=27)).requires_grad_(True)
+
+    def mean_cosine(x: torch.Tensor) -> float:
+        u = unit(x.detach())
+        return float(((u @ u.T).sum() - len(u)) / (len(u) * (len(u) - 1)))
+
+    start_cosine, entropies = mean_cosine(z), []
+    for _ in range(30):  # gradient ascent on the entropy = descent on DINO-ER's added term
+        entropy = M.embedding_entropy([unit(z)], kappa)
+        (grad,) = torch.autograd.grad(entropy, z)
+        with torch.no_grad():
+            z += 0.5 * grad
+        entropies.append(float(entropy.detach()))
+    assert start_cosine > 0.99 and mean_cosine(z) < 0.9
+    assert all(b > a for a, b in zip(entropies, entropies[1:]))
+    # the marginal term is blind to this collapse: near-uniform logits give H(p̄) ≈ log K for identical embeddings
+    collapsed = centre.repeat(12, 1)
+    probs = torch.softmax(collapsed @ (0.01 * randn(64, 16, seed=28)).T / 0.1, dim=1)
+    assert float(bounds.marginal_entropy(probs)) > 0.995 * math.log(64)
+    assert float(bounds.normalized_entropy(collapsed, kappa)) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- SwAV -----------------------------------------------------------------------------------------------------------
+
+
+def swav_tensors(ref: M.SwAV, views: list[torch.Tensor]):
+    """(unit projections, prototype scores) of every crop, NumPy float64."""
+    with torch.no_grad():
+        z = by_resolution(views, lambda x: unit(ref.projector(ref.backbone(x))))
+        scores = [zv @ ref.prototypes.weight.T for zv in z]
+    return [np64(t) for t in z], [np64(s) for s in scores]
+
+
+def swapped_prediction_np(targets: list[np.ndarray], scores: list[np.ndarray], temperature: float) -> float:
+    return float(
+        np.mean(
+            [
+                cross_entropy_np(targets[a], scores[v] / temperature)
+                for a in range(len(targets))
+                for v in range(len(scores))
+                if v != a
+            ]
+        )
+    )
+
+
+SWAV_CASES = [
+    dict(),
+    dict(temperature=0.2, epsilon=0.1, sinkhorn_iterations=5),
+    dict(epsilon=0.03, sinkhorn_iterations=1),
+]
+
+
+@pytest.mark.parametrize("options", SWAV_CASES, ids=["defaults", "tau-eps-iters", "eps-one-iter"])
+def test_swav_loss_uses_the_configured_temperature_epsilon_and_sinkhorn_iterations(options):
+    method = make64("swav", **options)
+    views = dino_views(8, seed=30)
+    _, scores = swav_tensors(copy.deepcopy(method), views)
+    cfg = method.cfg
+    codes = [sinkhorn_reference(scores[a], cfg.epsilon, cfg.sinkhorn_iterations) for a in range(2)]
+    out = method(views)
+    assert float(out.loss.detach()) == pytest.approx(swapped_prediction_np(codes, scores, cfg.temperature), rel=1e-9)
+    assert float(out.metrics["marginal_entropy_target"]) == pytest.approx(marginal_entropy_np(codes[0]), rel=1e-9)
+
+
+@pytest.mark.parametrize("keep_sinkhorn", [False, True])
+def test_swav_er_targets_follow_keep_sinkhorn_and_the_loss_subtracts_the_marginal_entropy(keep_sinkhorn):
+    method = make64("swav", er=True, keep_sinkhorn=keep_sinkhorn)
+    views = dino_views(8, seed=31)
+    _, scores = swav_tensors(copy.deepcopy(method), views)
+    tau = method.cfg.temperature
+    sinkhorn = [sinkhorn_reference(scores[a], 0.05, 3) for a in range(2)]
+    softmax = [softmax_rows(scores[a] / tau) for a in range(2)]
+    entropy = marginal_entropy_np(np.concatenate([softmax_rows(s / tau) for s in scores]))
+    expected = {k: swapped_prediction_np(t, scores, tau) - entropy for k, t in ((True, sinkhorn), (False, softmax))}
+    assert float(method(views).loss.detach()) == pytest.approx(expected[keep_sinkhorn], rel=1e-9)
+    assert abs(expected[True] - expected[False]) > 1e-3
+
+
+@pytest.mark.parametrize("frozen_steps", [0, 2])
+def test_swav_prototypes_get_no_update_for_exactly_freeze_prototypes_steps(frozen_steps):
+    method = make("swav", freeze_prototypes_steps=frozen_steps)
+    prototypes, first = method.prototypes.weight, method.projector[0].weight
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    views = images(8, seed=32)
+    for step in range(frozen_steps + 2):
+        before, first_before = prototypes.detach().clone(), first.detach().clone()
+        out = method(views)
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert (prototypes.grad is None) is (step < frozen_steps), step
+        optimizer.step()
+        method.update((step + 1) / 10)  # re-normalises the prototypes (a no-op up to rounding while frozen)
+        moved = float((prototypes.detach() - before).abs().max())
+        assert (moved < 1e-6) if step < frozen_steps else (moved > 1e-4), (step, moved)
+        assert not torch.equal(first, first_before), step
+
+
+def test_swav_queue_starts_at_queue_start_epoch_holds_the_newest_embeddings_and_has_queue_length_rows():
+    method = make64("swav", queue_length=16, queue_start_epoch=1)
+    assert method.queue.shape == (2, 16, 16)
+    cfg, batches = method.cfg, [images(8, seed=40 + i, dtype=F64) for i in range(4)]
+    ref = copy.deepcopy(method)  # no optimiser step here: the networks stay fixed, only the queue moves
+    tensors = [swav_tensors(ref, views) for views in batches]
+
+    def expected_loss(step: int, queue: list[np.ndarray] | None) -> float:
+        z, scores = tensors[step]
+        codes = []
+        for a in range(2):
+            if queue is None:
+                codes.append(sinkhorn_reference(scores[a], cfg.epsilon, cfg.sinkhorn_iterations))
+            else:
+                queued = queue[a] @ np64(ref.prototypes.weight).T
+                both = np.concatenate([queued, scores[a]])
+                codes.append(sinkhorn_reference(both, cfg.epsilon, cfg.sinkhorn_iterations)[len(queued) :])
+        return swapped_prediction_np(codes, scores, cfg.temperature)
+
+    def newest(*steps: int) -> list[np.ndarray]:  # the queue of crop a: newest batch first
+        return [np.concatenate([tensors[s][0][a] for s in steps]) for a in range(2)]
+
+    method.on_epoch_start(0)
+    for step in range(3):  # epoch 0: the queue fills (full after two batches) but the codes do not use it
+        loss = float(method(batches[step]).loss.detach())
+        assert loss == pytest.approx(expected_loss(step, None), rel=1e-9), step
+    assert method.queue_filled == 16
+    assert abs(expected_loss(2, newest(1, 0)) - expected_loss(2, None)) > 1e-6  # a queue would have been visible
+    for a in range(2):
+        np.testing.assert_allclose(np64(method.queue[a]), newest(2, 1)[a], rtol=0, atol=1e-12)
+    method.on_epoch_start(1)  # from queue_start_epoch on: Sinkhorn sees [queue; batch]
+    loss = float(method(batches[3]).loss.detach())
+    assert loss == pytest.approx(expected_loss(3, newest(2, 1)), rel=1e-9)
+    for a in range(2):
+        np.testing.assert_allclose(np64(method.queue[a]), newest(3, 2)[a], rtol=0, atol=1e-12)
+
+
+def test_swav_heads_have_the_configured_sizes():
+    method = make("swav", proj_hidden_dim=24, proj_dim=10, num_prototypes=7, queue_length=5)
+    assert linear_shapes(method.projector) == [(128, 24), (24, 10)]
+    assert method.prototypes.weight.shape == (7, 10) and method.queue.shape == (2, 5, 10)
+    torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(7))
+
+
+# --- DeepCluster-v2 -------------------------------------------------------------------------------------------------
+
+
+def kmeans_np(x: np.ndarray, init: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means from its description: assign to the nearest (max cosine) centroid, centroid ← normalised
+    sum of its points (an empty cluster keeps its centroid); ``iterations`` rounds, then a final assignment."""
+    centroids = init.copy()
+    for _ in range(iterations):
+        assign = (x @ centroids.T).argmax(axis=1)
+        for c in range(len(centroids)):
+            members = x[assign == c]
+            if len(members):
+                total = members.sum(axis=0)
+                centroids[c] = total / np.linalg.norm(total)
+    return centroids, (x @ centroids.T).argmax(axis=1)
+
+
+@pytest.mark.parametrize("er", [False, True], ids=["orig", "er"])
+@pytest.mark.parametrize("temperature", [0.1, 0.3])
+def test_deepcluster_loss_uses_the_labels_centroids_and_configured_temperature(er, temperature):
+    method = make64("deepcluster", er, num_samples=8, temperature=temperature)
+    views, index = images(8, seed=33, dtype=F64), torch.arange(8)
+    fill_bank_and_cluster(method, views, index)
+    ref = copy.deepcopy(method)
+    with torch.no_grad():
+        z = [np64(t) for t in by_resolution(views, lambda x: unit(ref.projector(ref.backbone(x))))]
+    labels = method.assignments.numpy()
+    heads = [np64(method.prototypes(h)) for h in range(2)]
+    expected = float(
+        np.mean(
+            [
+                np.mean(-(s - lse_rows(s)[:, None])[np.arange(8), labels[h]])
+                for h, c in enumerate(heads)
+                for s in (zv @ c.T / temperature for zv in z)
+            ]
+        )
+    )
+    if er:
+        expected -= float(
+            np.mean(
+                [marginal_entropy_np(np.concatenate([softmax_rows(zv @ c.T / temperature) for zv in z])) for c in heads]
+            )
+        )
+    assert float(method(views, index=index).loss.detach()) == pytest.approx(expected, rel=1e-9)
+
+
+CLUSTER_CASES = [(0, 1), (0, 4), (5, 4)]
+
+
+def clustered(seed: int, iterations: int, n: int = 24) -> M.DeepClusterV2:
+    method = make64("deepcluster", num_samples=n, num_prototypes=(5, 3), seed=seed, kmeans_iterations=iterations)
+    with torch.no_grad():
+        method(images(n, seed=34, dtype=F64), index=torch.arange(n))  # fills the bank
+    method.on_epoch_start(2)
+    return method
+
+
+@pytest.mark.parametrize("seed,iterations", CLUSTER_CASES)
+def test_deepcluster_kmeans_uses_seed_plus_epoch_and_the_configured_iterations(seed, iterations):
+    method = clustered(seed, iterations)
+    generator = torch.Generator().manual_seed(seed + 2)  # epoch 2; the heads draw their k rows in turn
+    for h, k in enumerate((5, 3)):
+        bank = np64(method.memory[h % 2])  # head h clusters large crop h mod 2
+        init = bank[torch.randperm(len(bank), generator=generator)[:k].numpy()]
+        centroids, assign = kmeans_np(bank, init, iterations)
+        np.testing.assert_allclose(np64(method.prototypes(h)), centroids, rtol=0, atol=1e-12)
+        assert method.assignments[h].tolist() == assign.tolist()
+
+
+def test_deepcluster_seed_and_iterations_change_the_clustering():
+    protos = {case: clustered(*case).prototypes(0) for case in CLUSTER_CASES}
+    assert not torch.equal(protos[0, 1], protos[0, 4]) and not torch.equal(protos[0, 4], protos[5, 4])
+
+
+def test_deepcluster_buffers_and_heads_have_the_configured_sizes():
+    method = make("deepcluster", num_samples=20, proj_hidden_dim=24, proj_dim=10, num_prototypes=(4, 7, 5))
+    assert linear_shapes(method.projector) == [(128, 24), (24, 10)]
+    assert [tuple(method.prototypes(h).shape) for h in range(3)] == [(4, 10), (7, 10), (5, 10)]
+    assert method.memory.shape == (2, 20, 10) and method.seen.shape == (20,)
+    assert method.assignments.shape == (3, 20)
+
+
+# --- every option is covered -----------------------------------------------------------------------------------------
+
+#: option -> the tests above that show its value reaching the computation ((method, option) or option for all)
+OPTION_TESTS = {
+    "backbone": ["test_backbone_option_builds_the_named_network"],
+    "er": [
+        "test_simclr_er_loss_uses_kappa_one_over_temperature_and_the_metrics_the_configured_kappa",
+        "test_dino_er_adds_exactly_minus_the_configured_entropy_term",
+        "test_deepcluster_loss_uses_the_labels_centroids_and_configured_temperature",
+    ],
+    "kappa": [
+        "test_simclr_er_loss_uses_kappa_one_over_temperature_and_the_metrics_the_configured_kappa",
+        "test_byol_er_loss_puts_the_entropy_on_the_configured_rows_with_the_configured_kappa",
+        "test_continuous_metrics_match_a_float64_rederivation",
+        "test_kappa_above_its_documented_bound_raises_before_any_allocation",
+    ],
+    ("simclr", "proj_hidden_dim"): ["test_simclr_projector_has_the_configured_depth_and_sizes"],
+    ("simclr", "proj_dim"): ["test_simclr_projector_has_the_configured_depth_and_sizes"],
+    ("simclr", "proj_layers"): ["test_simclr_projector_has_the_configured_depth_and_sizes"],
+    ("simclr", "temperature"): ["test_simclr_loss_is_ntxent_at_the_configured_temperature"],
+    ("byol", "proj_hidden_dim"): ["test_byol_heads_have_the_configured_sizes"],
+    ("byol", "proj_dim"): ["test_byol_heads_have_the_configured_sizes"],
+    ("byol", "pred_hidden_dim"): ["test_byol_heads_have_the_configured_sizes"],
+    ("byol", "tau_base"): ["test_ema_teacher_gets_no_gradient_and_moves_only_by_the_ema_rule"],
+    ("byol", "entropy_on"): ["test_byol_er_loss_puts_the_entropy_on_the_configured_rows_with_the_configured_kappa"],
+    ("dino", "out_dim"): ["test_dino_heads_have_the_configured_sizes"],
+    ("dino", "hidden_dim"): ["test_dino_heads_have_the_configured_sizes"],
+    ("dino", "bottleneck_dim"): ["test_dino_heads_have_the_configured_sizes"],
+    ("dino", "student_temp"): ["test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening"],
+    ("dino", "teacher_temp"): ["test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening"],
+    ("dino", "teacher_temp_start"): ["test_dino_teacher_temperature_warms_up_linearly_from_its_start_value"],
+    ("dino", "teacher_temp_warmup_fraction"): ["test_dino_teacher_temperature_warms_up_linearly_from_its_start_value"],
+    ("dino", "center_momentum"): [
+        "test_dino_center_is_the_ema_of_the_teacher_logits_over_the_batch_and_both_global_views"
+    ],
+    ("dino", "tau_base"): ["test_ema_teacher_gets_no_gradient_and_moves_only_by_the_ema_rule"],
+    ("dino", "freeze_last_layer_steps"): ["test_dino_last_layer_gets_no_update_for_exactly_freeze_last_layer_steps"],
+    ("dino", "centering"): [
+        "test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening",
+        "test_dino_center_stays_put_without_centering_and_in_eval_mode",
+    ],
+    ("dino", "sharpening"): ["test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening"],
+    ("dino", "entropy_on"): ["test_dino_er_adds_exactly_minus_the_configured_entropy_term"],
+    ("swav", "proj_hidden_dim"): ["test_swav_heads_have_the_configured_sizes"],
+    ("swav", "proj_dim"): ["test_swav_heads_have_the_configured_sizes"],
+    ("swav", "num_prototypes"): ["test_swav_heads_have_the_configured_sizes"],
+    ("swav", "temperature"): ["test_swav_loss_uses_the_configured_temperature_epsilon_and_sinkhorn_iterations"],
+    ("swav", "epsilon"): ["test_swav_loss_uses_the_configured_temperature_epsilon_and_sinkhorn_iterations"],
+    ("swav", "sinkhorn_iterations"): ["test_swav_loss_uses_the_configured_temperature_epsilon_and_sinkhorn_iterations"],
+    ("swav", "freeze_prototypes_steps"): ["test_swav_prototypes_get_no_update_for_exactly_freeze_prototypes_steps"],
+    ("swav", "queue_length"): [
+        "test_swav_queue_starts_at_queue_start_epoch_holds_the_newest_embeddings_and_has_queue_length_rows"
+    ],
+    ("swav", "queue_start_epoch"): [
+        "test_swav_queue_starts_at_queue_start_epoch_holds_the_newest_embeddings_and_has_queue_length_rows"
+    ],
+    ("swav", "keep_sinkhorn"): [
+        "test_swav_er_targets_follow_keep_sinkhorn_and_the_loss_subtracts_the_marginal_entropy"
+    ],
+    ("deepcluster", "num_samples"): ["test_deepcluster_buffers_and_heads_have_the_configured_sizes"],
+    ("deepcluster", "proj_hidden_dim"): ["test_deepcluster_buffers_and_heads_have_the_configured_sizes"],
+    ("deepcluster", "proj_dim"): ["test_deepcluster_buffers_and_heads_have_the_configured_sizes"],
+    ("deepcluster", "num_prototypes"): [
+        "test_deepcluster_buffers_and_heads_have_the_configured_sizes",
+        "test_deepcluster_kmeans_uses_seed_plus_epoch_and_the_configured_iterations",
+    ],
+    ("deepcluster", "temperature"): ["test_deepcluster_loss_uses_the_labels_centroids_and_configured_temperature"],
+    ("deepcluster", "kmeans_iterations"): [
+        "test_deepcluster_kmeans_uses_seed_plus_epoch_and_the_configured_iterations",
+        "test_deepcluster_seed_and_iterations_change_the_clustering",
+    ],
+    ("deepcluster", "seed"): [
+        "test_deepcluster_kmeans_uses_seed_plus_epoch_and_the_configured_iterations",
+        "test_deepcluster_seed_and_iterations_change_the_clustering",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_option_of_every_method_has_an_effect_test(name):
+    tests = {n for n, f in globals().items() if n.startswith("test_") and inspect.isfunction(f)}
+    for option in M.METHODS[name].Config.field_names():
+        covering = OPTION_TESTS.get((name, option)) or OPTION_TESTS.get(option)
+        assert covering, f"{name}.{option} has no test of its effect: add one and list it in OPTION_TESTS"
+        assert set(covering) <= tests, sorted(set(covering) - tests)

@@ -30,6 +30,25 @@ def test_cosine_schedule_is_monotone_and_clipped_outside_0_1():
     assert cosine_schedule(1.0, 0.1, 1.7) == pytest.approx(0.1, abs=1e-15)
 
 
+@pytest.mark.parametrize("base,min_lr,total,warmup", [(0.6, 0.006, 110, 10), (2.0, 0.3, 50, 7), (0.05, 0.05, 20, 0)])
+def test_warmup_cosine_peaks_at_the_end_of_warmup_and_ends_at_the_min_lr(base, min_lr, total, warmup):
+    assert warmup_cosine(base, min_lr, warmup, total, warmup) == pytest.approx(base, abs=1e-15)
+    assert warmup_cosine(base, min_lr, total, total, warmup) == pytest.approx(min_lr, abs=1e-15)
+    values = [warmup_cosine(base, min_lr, s, total, warmup) for s in range(total + 1)]
+    assert max(values) == pytest.approx(base, abs=1e-15) and min(values[warmup:]) == pytest.approx(min_lr, abs=1e-15)
+    assert all(a >= b - 1e-15 for a, b in zip(values[warmup:], values[warmup + 1 :]))  # decays after the warm-up
+
+
+def test_cosine_schedule_ramps_the_weight_decay_up_to_its_final_value():
+    """DINO's weight decay 0.04 → 0.4 (cosine): the trainer's final_weight_decay is the value at progress 1."""
+    start, final = 0.04, 0.4
+    assert cosine_schedule(start, final, 0.0) == pytest.approx(start, abs=1e-15)
+    assert cosine_schedule(start, final, 1.0) == pytest.approx(final, abs=1e-15)
+    assert cosine_schedule(start, final, 0.25) == pytest.approx(final - (final - start) * (1 + math.sqrt(0.5)) / 2)
+    values = [cosine_schedule(start, final, i / 20) for i in range(21)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+
+
 def test_warmup_cosine_is_linear_warmup_then_cosine_decay():
     base, final, total, warmup, start = 0.6, 0.006, 110, 10, 0.3
     # linear warm-up from warmup_start to base
@@ -95,6 +114,26 @@ def test_ema_update_leaves_online_network_and_autograd_alone():
     assert all(p.grad is None for p in target.parameters())
 
 
+def test_ema_update_pairs_sequences_of_modules_in_order():
+    """``ema_update_(target, (backbone, head), m)``: the online side as the modules themselves, no wrapper module."""
+    online, target = small_net(0, passes=2), small_net(1)
+    old = copy.deepcopy(target)
+    ema_update_(target, (online[:2], online[2:]), 0.75)  # the same network, split in two
+    for t, o, s in zip(target.parameters(), old.parameters(), online.parameters()):
+        torch.testing.assert_close(t, 0.75 * o + 0.25 * s, rtol=1e-12, atol=1e-14)
+    for name, buf in target.named_buffers():
+        assert torch.equal(buf, dict(online.named_buffers())[name]), name
+    twin = small_net(2)
+    ema_update_([twin[:2], twin[2:]], [online[:2], online[2:]], 0.0)  # both sides as sequences
+    for t, s in zip(twin.parameters(), online.parameters()):
+        assert torch.equal(t, s)
+
+
 def test_ema_update_rejects_different_architectures():
     with pytest.raises(ValueError, match="same architecture"):
         ema_update_(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), 0.9)
+    with pytest.raises(ValueError, match="same architecture"):  # same parameter count, different shapes
+        ema_update_(nn.Linear(3, 4), nn.Linear(4, 3), 0.9)
+    net = small_net(0)
+    with pytest.raises(ValueError, match="same architecture"):  # the online parts in the wrong order
+        ema_update_(small_net(1), (net[2:], net[:2]), 0.9)

@@ -185,3 +185,27 @@ def test_two_process_training_matches_one_process(tmp_path, method):
     for name, value in pb.items():
         if value.is_floating_point():
             torch.testing.assert_close(pa[name], value, rtol=2e-2, atol=2e-3, msg=name)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_epoch_zero_monitor_measures_the_network_as_it_trains(tmp_path, method):
+    """At initialisation the monitor batch's η equals the train-mode forward's η on the same views (not the eval-mode
+    value, whose BatchNorm running statistics have not adapted yet)."""
+    from erlib.augment import ShardedGenerator, make_views, recipe_views
+
+    cfg = fast(tmp_path, method=method, epochs=1, name=method, knn_every=0)
+    run = load_run(train(cfg))
+    record = run.epoch_records()[0]
+    assert record["epoch"] == 0 and record["step"] == 0
+    torch.manual_seed(cfg.seed)  # the trainer's seed before it builds the method: the same initial weights
+    train_set, _ = cfg.load_datasets()
+    net = cfg.build_method(len(train_set))
+    idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[: cfg.monitor_size]
+    recipes = recipe_views("byol" if method == "byol" else "simclr", size=32)
+    views = make_views(train_set.images[idx], recipes[:2], ShardedGenerator(torch.Generator().manual_seed(2024)))
+    with torch.no_grad():
+        train_mode = net.train()(views, index=idx).metrics["eta_online"].item()
+        eval_mode = net.eval()(views, index=idx).metrics["eta_online"].item()
+    assert record["monitor_eta_online"] == pytest.approx(train_mode, abs=1e-5)
+    assert abs(eval_mode - train_mode) > 0.05, "the eval-mode value must differ, or this test proves nothing"
+    assert 0 < record["monitor_eta_features"] <= 1
