@@ -1,4 +1,4 @@
-# erlib: every target creates the virtual environment if it is missing.
+# erlib: every target creates the virtual environment if it is missing (Python >= 3.10: torch 2.14 needs it).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,15 +8,25 @@ STAMP  := $(VENV)/.erlib-installed
 
 setup: $(STAMP)
 
-# (Re)install when requirements.txt or pyproject.toml change.
-$(STAMP): requirements.txt pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# Create the venv with a Python >= 3.10 (macOS's bundled python3 is 3.9), then install requirements.txt with the
+# exact versions of constraints.txt and erlib itself; again whenever one of the three files changes.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  found=$$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) || { \
+	    echo "error: '$(PYTHON)' was not found; install Python >= 3.10 and pick it with make PYTHON=python3.11" >&2; \
+	    exit 1; }; \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
+	    echo "error: erlib needs Python >= 3.10 (torch 2.14), but $(PYTHON) is Python $$found; pick another with make PYTHON=python3.11" >&2; \
+	    exit 1; }; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-# two workers, one test file at a time each: the notebooks run in order on one worker (they share their runs)
+# two workers, one test file at a time each: the notebooks run in order on one worker (they share their runs);
+# tests/test_browser.py runs where chromium and chromium-driver are installed and says why it skips elsewhere
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 

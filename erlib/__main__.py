@@ -23,14 +23,14 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def _notebooks(args: argparse.Namespace) -> int:
-    from erlib.notebooks import parse_value, run_notebooks, summary_table
+    from erlib.notebooks import INDEX, parse_value, run_notebooks, summary_table
 
     params = {key: parse_value(value) for key, value in (args.parameter or [])}
-    only = args.only.split(",") if args.only else None
+    only = args.only.split(",") if args.only is not None else None
     results = run_notebooks(args.preset, only, params, args.out)
     print(summary_table(results))
     if results:
-        print(f"\nexecuted notebooks and their figures: {results[0].output.parent}")
+        print(f"\nexecuted notebooks, figures and the report page:\n{(results[0].output.parent / INDEX).resolve()}")
     return 1 if any(r.status != "ok" for r in results) else 0
 
 
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     nb = sub.add_parser("notebooks", parents=[debug], help="execute the numbered notebooks headless with papermill")
     nb.add_argument("--preset", choices=PRESETS, default="tiny",
                     help="tiny: a CPU in minutes; full: a GPU node (default: tiny)")
-    nb.add_argument("--only", default="", help="comma-separated notebook prefixes, e.g. 01,02")
+    nb.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
                     help="a papermill parameter, e.g. -p seed 3 (repeatable)")
     nb.add_argument("--out", default="runs/notebooks", help="root folder for executed notebooks (default runs/notebooks)")

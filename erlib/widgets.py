@@ -3,8 +3,9 @@ r"""Interactive explorers (ipywidgets) for the estimators of :mod:`erlib.bounds`
 * :func:`point_cloud` draws the synthetic batches the notebooks and the playground use: uniform on the sphere,
   ``m`` tight clusters, or fully collapsed.
 * :class:`TrainingDashboard` is the live training view: pass its :meth:`~TrainingDashboard.update` as the
-  ``callback`` of :func:`erlib.train.train` and it redraws η, reconstruction, the ER / InfoNCE estimates and kNN accuracy
-  as the records arrive.
+  ``callback`` of :func:`erlib.train.train` and it redraws η, reconstruction, the ER / InfoNCE estimates and kNN
+  accuracy as the records arrive (colour = quantity; solid = training batch, dashed = monitor batch, dotted = test
+  set).
 * :func:`kde_playground` is the estimator playground of notebook 02: sliders for the vMF concentration κ, the batch
   size k and the dimension d, a choice of point cloud and of estimator (Joe / plug-in, self-term / leave-one-out). On
   every change it recomputes the KDE entropy :math:`\hat H` (:func:`erlib.bounds.kde_entropy`) and the normalised
@@ -28,7 +29,7 @@ from torch import Tensor
 from erlib import bounds
 from erlib.plots import Panel, Series, color_for, to_plotly
 
-__all__ = ["CLOUDS", "point_cloud", "kde_playground", "TrainingDashboard"]
+__all__ = ["CLOUDS", "PLOTLY_MIME", "point_cloud", "kde_playground", "plotly_output", "TrainingDashboard"]
 
 Cloud = Literal["uniform", "clusters", "collapsed"]
 
@@ -46,7 +47,8 @@ def point_cloud(kind: Cloud, k: int, d: int, m: int = 10, noise: float = 0.05, s
 
     * ``"uniform"``: :math:`z=x/\|x\|`, :math:`x\sim\mathcal N(0,I_d)` — uniform on the sphere;
     * ``"clusters"``: m centres uniform on the sphere, each point a random centre plus :math:`\mathcal N(0,\sigma^2I_d)`
-      noise (σ = ``noise``, per coordinate), renormalised (the "tight clusters" of ER-SPEC §1.4);
+      noise (σ = ``noise``, per coordinate), renormalised (the "tight clusters" of
+      docs/theory.md#range-and-normalised-entropy-eta);
     * ``"collapsed"``: k copies of one random unit vector (a collapsed representation).
     """
     if kind not in CLOUDS.values():
@@ -169,12 +171,29 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
     return box
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def plotly_output(figure) -> dict:
+    """A plotly figure as one ``display_data`` output (nbformat): the plotly MIME bundle JupyterLab renders, and a
+    plain-text fallback."""
+    import json
+
+    spec = json.loads(figure.to_json())
+    spec.setdefault("config", {})
+    title = figure.layout.title.text or "plotly figure"
+    return {"output_type": "display_data", "data": {PLOTLY_MIME: spec, "text/plain": f"<figure: {title}>"},
+            "metadata": {}}
+
+
 def _show_in(out, *figures) -> None:
-    """Replace the contents of an Output widget by ``figures``. Writes the widget's state directly instead of capturing
-    with ``with out:``, whose message redirection can leave a headless (papermill) execution waiting for ever."""
-    out.outputs = ()
-    for fig in figures:
-        out.append_display_data(fig)
+    """Replace the contents of an Output widget by ``figures``.
+
+    Writes the widget's ``outputs`` state directly: capturing with ``with out:`` can leave a headless (papermill)
+    execution waiting for ever, and ``out.append_display_data(figure)`` must not be used for plotly figures — IPython's
+    formatter calls their ``_ipython_display_``, which shows the figure in the *cell* (or, from a slider callback,
+    nowhere) and leaves the widget an empty output."""
+    out.outputs = tuple(plotly_output(fig) for fig in figures)
 
 
 def _in_kernel() -> bool:
@@ -189,19 +208,37 @@ def _in_kernel() -> bool:
 class TrainingDashboard:
     """Live curves of a training run in a notebook: entropy (η), reconstruction, ER and InfoNCE estimates, kNN.
 
-    ``dashboard = TrainingDashboard("BYOL-ER"); train(cfg, callback=dashboard.update)``. Training-batch values are
-    drawn against the step, monitor-batch values and kNN against the epoch (converted to steps). Redraws at most
-    every ``redraw_every`` records; :attr:`panels` holds the current figure for :func:`erlib.plots.show`.
+    ``dashboard = TrainingDashboard("BYOL-ER"); train(cfg, callback=dashboard.update)``. Every value is drawn against
+    the optimiser step (the once-an-epoch records at the step they were taken). One legend convention holds in every
+    panel (:data:`LINE_STYLES`): **the colour is the quantity, the line style is where it was measured** — solid on the
+    training batch (every ``log_every`` steps), dashed on the fixed monitor batch (once an epoch, comparable across
+    epochs and runs), dotted with markers on the held-out test set (kNN accuracy, once an epoch); each legend entry
+    names it. Redraws at most every ``redraw_every`` records; :attr:`panels` holds the current figure for
+    :func:`erlib.plots.show`.
     """
 
-    PANELS = (("eta_online", "η (normalised entropy)", [(1.0, "log k ceiling"), (0.0, "collapse")]),
-              ("reconstruction", "mean cosine (reconstruction)", []),
-              ("er_bound", "ER / InfoNCE estimate (nats)", []),
-              ("knn200", "kNN accuracy (k=200)", []))
+    #: where a value was measured -> (line style, legend suffix)
+    LINE_STYLES = {"train": ("solid", "training batch"), "monitor": ("dash", "monitor batch"),
+                   "test": ("dot", "test set")}
+    #: (panel title, y label, reference lines, [(metric key, where measured, quantity, colour index)])
+    PANELS = (
+        ("entropy", "η (normalised entropy)", [(1.0, "η = 1: log k ceiling"), (0.0, "η = 0: collapse")],
+         [("eta_online", "train", "η", 0), ("monitor_eta_online", "monitor", "η", 0)]),
+        ("reconstruction", "mean cosine", [],
+         [("reconstruction", "train", "mean cos", 1), ("monitor_reconstruction", "monitor", "mean cos", 1)]),
+        ("MI estimates", "nats", [],
+         [("er_bound", "train", "ER", 2), ("monitor_er_bound", "monitor", "ER", 2),
+          ("infonce", "train", "InfoNCE", 3), ("monitor_infonce", "monitor", "InfoNCE", 3)]),
+        ("kNN accuracy", "top-1 accuracy", [],
+         [("knn200", "test", "kNN k=200", 4), ("knn20", "test", "kNN k=20", 5)]),
+    )
 
     def __init__(self, title: str = "training", redraw_every: int = 1):
         import ipywidgets as widgets
 
+        if not isinstance(redraw_every, int) or redraw_every < 1:
+            raise ValueError(f"redraw_every={redraw_every!r}: give a whole number of records >= 1 (1 redraws on "
+                             "every record)")
         self.title, self.redraw_every = title, redraw_every
         self.records: list[dict] = []
         self.output = widgets.Output(layout={"border": "1px solid #ddd"})
@@ -219,24 +256,25 @@ class TrainingDashboard:
         last = record
         self.status.value = (f"<b>{self.title}</b>: epoch {last['epoch']}, step {last['step']}"
                              + (f", loss {last['loss']:.3f}" if "loss" in last else "")
-                             + (f", kNN {last['knn200']:.3f}" if "knn200" in last else ""))
+                             + (f", kNN {last['knn200']:.3f}" if "knn200" in last else "")
+                             + " &nbsp;·&nbsp; solid: training batch, dashed: fixed monitor batch, dotted: test set")
         if len(self.records) % self.redraw_every == 0 and _in_kernel():
             _show_in(self.output, to_plotly(self.panels, self.title))
 
-    def _series(self, key: str, kind: str, name: str, color: str, dash: bool = False) -> Series | None:
+    def _series(self, key: str, where: str, quantity: str, color: str) -> Series | None:
+        kind = "train" if where == "train" else "epoch"
         pts = [(r["step"], r[key]) for r in self.records if r.get("kind") == kind and key in r]
-        return Series([p[0] for p in pts], [p[1] for p in pts], name, color, dash) if pts else None
+        if not pts:
+            return None
+        style, suffix = self.LINE_STYLES[where]
+        return Series([p[0] for p in pts], [p[1] for p in pts], f"{quantity}: {suffix}", color, dash=style,
+                      points=where == "test")
 
     @property
     def panels(self) -> list[Panel]:
+        """The four panels of the current records (series without records left out)."""
         out = []
-        for key, label, hlines in self.PANELS:
-            candidates = [self._series(key, "train", "training batch", color_for(0)),
-                          self._series(f"monitor_{key}", "epoch", "monitor batch", color_for(1), dash=True)]
-            if key == "er_bound":
-                candidates += [self._series("infonce", "train", "InfoNCE (training batch)", color_for(2))]
-            if key == "knn200":
-                candidates = [self._series("knn200", "epoch", "kNN k=200", color_for(3)),
-                              self._series("knn20", "epoch", "kNN k=20", color_for(4), dash=True)]
-            out.append(Panel([c for c in candidates if c is not None], label, "step", label, hlines=hlines))
+        for title, ylabel, hlines, entries in self.PANELS:
+            series = [self._series(key, where, quantity, color_for(c)) for key, where, quantity, c in entries]
+            out.append(Panel([s for s in series if s is not None], title, "step", ylabel, hlines=list(hlines)))
         return out

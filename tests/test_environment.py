@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from packaging.specifiers import SpecifierSet
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,15 +23,25 @@ def requirements(path: Path) -> dict[str, str]:
     return out
 
 
-def test_binder_requirements_agree_with_requirements_txt():
-    main = requirements(ROOT / "requirements.txt")
+def test_binder_pins_the_cpu_builds_of_the_ci_versions():
+    main, pins = requirements(ROOT / "requirements.txt"), requirements(ROOT / "constraints.txt")
     binder = requirements(ROOT / "binder" / "requirements.txt")
-    common = set(main) & set(binder)
-    assert {"torch", "torchvision", "ipywidgets", "papermill"} <= common
-    disagree = {name: (main[name], binder[name]) for name in common if main[name] != binder[name]}
-    assert not disagree, f"binder/requirements.txt and requirements.txt disagree: {disagree}"
-    assert "download.pytorch.org/whl/cpu" in (ROOT / "binder" / "requirements.txt").read_text()  # CPU torch
+    assert "download.pytorch.org/whl/cpu" in (ROOT / "binder" / "requirements.txt").read_text()
+    for name in ("torch", "torchvision"):
+        assert binder[name] == pins[name] + "+cpu", (name, binder[name], pins[name])
+    assert not {"jupyterlab", "ipywidgets", "ipykernel", "pytest", "pytest-xdist", "selenium"} & set(binder)
+    others = {n: (main.get(n), binder[n]) for n in binder if n not in ("torch", "torchvision") and main.get(n) != binder[n]}
+    assert not others, f"binder/requirements.txt and requirements.txt disagree: {others}"
     assert "pip install" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def test_constraints_pin_every_requirement_inside_its_range():
+    main, pins = requirements(ROOT / "requirements.txt"), requirements(ROOT / "constraints.txt")
+    assert set(main) == set(pins), set(main) ^ set(pins)
+    for name, spec in main.items():
+        assert pins[name].startswith("==") and SpecifierSet(spec).contains(pins[name][2:]), (name, spec, pins[name])
+    assert pins["torch"] == "==2.14.1" and pins["torchvision"] == "==0.29.1"
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
 
 
 def test_ci_runs_the_readme_test_command():
