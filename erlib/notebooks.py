@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from erlib.presets import PRESETS  # one list of presets
+
 __all__ = ["NOTEBOOK_DIR", "PRESETS", "NotebookResult", "find_notebooks", "notebook_parameters", "run_notebooks",
            "parse_value", "summary_table", "render_html", "write_index", "INDEX"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-PRESETS = ("tiny", "full")
 #: The report page of a run folder.
 INDEX = "index.html"
 #: Parameters the runner sets itself for every notebook.
