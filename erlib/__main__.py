@@ -160,7 +160,7 @@ def _claims(args: argparse.Namespace) -> int:
         dirs = {s: (Path(args.runs_dir) / f"seed{s}" if args.runs_dir else Path(default_runs_dir(args.preset, s)))
                 for s in seeds}
         command = "python -m erlib claims " + " ".join(sys.argv[2:])
-        print(f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids)}")
+        print(f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids, args.preset)}")
     return 0
 
 

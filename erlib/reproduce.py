@@ -124,7 +124,8 @@ def machine_description() -> str:
 
 
 # --------------------------------------------------------------------------------------------------- results/
-def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None) -> Path:
+def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None,
+                   preset: str | None = None) -> Path:
     """Copy the claims' runs (config.json, metrics.jsonl, meta.json; never a checkpoint) from ``runs_dirs`` (seed →
     folder) into ``dest/seed<k>/<role>/``, and write ``dest/summary.json``: the label ("CPU reference, small
     preset"), the command, the machine, erlib's commit and the verdicts computed from the copied runs."""
@@ -142,7 +143,7 @@ def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, com
                     shutil.copyfile(run_dir / name, target / name)
         per_seed[seed] = [v.to_dict() for v in C.decide_all(dest / f"seed{seed}", claim_ids)]
     meta = next((load_run(p).meta for p in dest.glob("seed*/*") if (p / "config.json").is_file()), {})
-    summary = {"label": label, "command": command, "machine": machine_description(), "commit": meta.get("commit"),
+    summary = {"label": label, "preset": preset, "command": command, "machine": machine_description(), "commit": meta.get("commit"),
                "exported": datetime.now().isoformat(timespec="seconds"), "verdicts": per_seed}
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")
     return dest

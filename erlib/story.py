@@ -1,0 +1,187 @@
+"""What the training notebooks share: their runs, their curves, their verdicts.
+
+The library does the work and a notebook tells the story. A notebook asks for the runs of a claim
+(:func:`claim_runs`: the same run folders ``python -m erlib claims`` uses), draws them with :func:`curve` (x = epochs
+completed, for training-batch and monitor-batch records alike), marks the untrained network and chance
+(:func:`baselines`), overlays committed reference runs next to the reader's own (:func:`reference_curves`), and prints
+each claim's computed verdict as its takeaway (:func:`takeaway`), so that no sentence states a result its numbers
+contradict. :func:`data_banner` makes the synthetic fallback impossible to miss.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from erlib import claims as C
+from erlib.plots import METHOD_ORDER, Series, color_for
+from erlib.presets import default_runs_dir, ensure_run, preset_data, spec_config
+from erlib.runs import Run, load_run
+
+__all__ = ["NUM_CLASSES", "data_banner", "claim_runs", "ensure_spec", "runs_for", "curve", "epoch_means",
+           "baselines", "num_classes", "label", "method_color", "reference_curves", "takeaway", "verdict_table",
+           "last", "ETA_LINES"]
+
+#: Classes of each dataset name (for chance lines).
+NUM_CLASSES = {"cifar10-jpeg75": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "synthetic": 4}
+#: Reference lines of every η panel.
+ETA_LINES = [(1.0, "η = 1: the log k ceiling"), (0.0, "η = 0: collapse")]
+
+
+def _display_markdown(text: str) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    print(text)
+
+
+def data_banner() -> str:
+    """Say where the images come from; a loud warning (and every verdict INCONCLUSIVE) on the synthetic fallback."""
+    data = preset_data()
+    if data.real:
+        text = f"Data: {data.note}."
+    else:
+        from erlib.presets import SYNTHETIC_WARNING
+
+        text = f"> **⚠ Warning.** {SYNTHETIC_WARNING}"
+        warnings.warn(SYNTHETIC_WARNING, stacklevel=2)
+    _display_markdown(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------------------- runs
+def ensure_spec(preset: str, spec: C.RunSpec, runs_dir: str | Path | None = None, seed: int = 0,
+                callback: Callable[[dict], None] | None = None, **overrides) -> Run:
+    """The finished run of a claim's role in a preset (trained, resumed or reused: :func:`erlib.presets.ensure_run`)."""
+    cfg = spec_config(preset, spec, runs_dir=runs_dir or default_runs_dir(preset, seed), seed=seed, **overrides)
+    return ensure_run(cfg, callback=callback)
+
+
+def claim_runs(preset: str, claim_id: str, runs_dir: str | Path | None = None, seed: int = 0,
+               methods: Iterable[str] | None = None, verbose: bool = True) -> dict[str, Run]:
+    """role → finished run, for every run claim ``claim_id`` reads (restricted to ``methods`` when given)."""
+    wanted = set(methods) if methods is not None else None
+    out = {}
+    for spec in C.CLAIMS[claim_id].runs:
+        if wanted is not None and spec.method not in wanted:
+            continue
+        out[spec.name] = ensure_spec(preset, spec, runs_dir, seed)
+        if verbose:
+            print(f"  {spec.name:26s} {C.epochs_completed(out[spec.name])} epochs, batch "
+                  f"{out[spec.name].config['batch_size']}, final kNN200 {_fmt(C.final_knn(out[spec.name]))}")
+    return out
+
+
+def runs_for(names: Sequence[str], runs_dir: str | Path) -> dict[str, Run]:
+    """Read back run folders that an earlier notebook trained (names are role names)."""
+    return {name: load_run(Path(runs_dir) / name) for name in names}
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------------------------------------- curves
+def label(run: Run | Mapping) -> str:
+    """``BYOL-ER``, ``DINO (sharpening=False)``: a run's method, variant and distinguishing options."""
+    config = run.config if isinstance(run, Run) else run
+    name = C._label(config["method"], bool(config.get("er")))
+    tag = Path(run.path).name.partition("@")[2] if isinstance(run, Run) else ""
+    return f"{name} ({tag})" if tag else name
+
+
+def method_color(method: str) -> str:
+    return color_for(METHOD_ORDER.index(method)) if method in METHOD_ORDER else color_for(7)
+
+
+def last(run: Run, key: str) -> float | None:
+    """The value of ``key`` after the last epoch (monitor keys and kNN)."""
+    return C.final_value(run, key)
+
+
+def curve(run: Run, key: str, name: str | None = None, color: str | None = None, dash: bool | str | None = None,
+          kind: str | None = None) -> Series:
+    """A run's curve of ``key`` against epochs completed. ``monitor_*`` and ``knn*`` come from the epoch records
+    (epoch 0 = the untrained network), other keys from the training-batch records (``kind`` forces one)."""
+    kind = kind or ("epoch" if key.startswith(("monitor_", "knn")) else "train")
+    xs, ys = C.epoch_series(run, key) if kind == "epoch" else C.train_series(run, key)
+    return Series(xs, ys, name or label(run), color or method_color(run.config["method"]),
+                  dash=bool(run.config.get("er")) if dash is None else dash, points=kind == "epoch" and len(xs) < 30)
+
+
+def epoch_means(run: Run, key: str) -> dict[int, float]:
+    """epoch → mean of a training-batch metric over that epoch's records (epoch e holds records in (e − 1, e])."""
+    out = {}
+    for e in range(1, C.epochs_completed(run) + 1):
+        value = C.train_epoch_mean(run, key, e)
+        if value is not None:
+            out[e] = value
+    return out
+
+
+def num_classes(run: Run) -> int:
+    return NUM_CLASSES.get(run.config.get("dataset", ""), 10)
+
+
+def baselines(runs: Iterable[Run], key: str = "knn200") -> list[tuple[float, str]]:
+    """Reference lines of a kNN panel: chance (1 / classes) and the untrained network's accuracy on the same bank and
+    protocol (the epoch-0 record; the backbone's initial weights depend only on the seed, so it is one value per
+    seed and data set — the mean is drawn if runs differ)."""
+    runs = list(runs)
+    lines = [(1.0 / num_classes(runs[0]), f"chance (1/{num_classes(runs[0])})")] if runs else []
+    untrained = [v for v in (C.untrained_knn(r, key) for r in runs) if v is not None]
+    if untrained:
+        lines.append((sum(untrained) / len(untrained), "untrained network"))
+    return lines
+
+
+def reference_curves(role: str, key: str, preset: str | None = None, root: str | Path | None = None,
+                     seed: int = 0) -> list[Series]:
+    """Curves of ``role`` from the committed reference sets (``results/``), grey and dotted, labelled with their
+    set's label ("CPU reference, small preset, …"), to draw next to the reader's own run."""
+    from erlib.reproduce import reference_runs
+
+    out = []
+    for i, ref in enumerate(reference_runs(root)):
+        if preset is not None and ref.get("preset") not in (None, preset):
+            continue
+        run_dir = Path(ref["path"]) / f"seed{seed}" / role
+        if not (run_dir / "config.json").is_file():
+            continue
+        run = load_run(run_dir)
+        series = curve(run, key, name=f"{ref.get('label', 'reference')}: {label(run)}", color="#888888" if i == 0
+                       else "#BBBBBB", dash="dot")
+        out.append(series)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------- verdicts
+_BADGE = {C.PASS: "✅ PASS", C.FAIL: "❌ FAIL", C.INCONCLUSIVE: "⚠ INCONCLUSIVE"}
+
+
+def takeaway(verdict: C.Verdict) -> str:
+    """Print a verdict as a notebook takeaway: claim, status, what the runs measured, the criterion (and why it could
+    not be decided); returns the markdown."""
+    text = (f"**{verdict.claim} — {_BADGE[verdict.status]}: {verdict.title}.** {verdict.sentence}\n\n"
+            f"*Criterion (fixed before the run):* {verdict.criterion}")
+    if verdict.reason:
+        text += f"\n\n*Why it is not decided:* {verdict.reason}"
+    _display_markdown(text)
+    return text
+
+
+def verdict_table(verdicts: Iterable[C.Verdict]) -> str:
+    """A markdown table of verdicts (claim, status, title), displayed and returned."""
+    rows = ["| claim | verdict | what it says |", "| --- | --- | --- |"]
+    rows += [f"| {v.claim} | {_BADGE[v.status]} | {html.escape(v.title)} |" for v in verdicts]
+    text = "\n".join(rows)
+    _display_markdown(text)
+    return text

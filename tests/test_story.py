@@ -1,0 +1,65 @@
+"""The notebooks' shared helpers: curves against epochs, baselines, reference overlays, verdicts as takeaways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from erlib import claims as C
+from erlib import presets, story
+from erlib.runs import Run
+
+
+def make_run(path: Path, method="byol", er=False, dataset="cifar10-jpeg75", untrained=0.25, final=0.40) -> Run:
+    records = [{"kind": "epoch", "epoch": e, "step": 4 * e, "knn200": untrained + (final - untrained) * e / 3,
+                "monitor_eta_online": 0.5} for e in range(4)]
+    records += [{"kind": "train", "epoch": s / 4, "step": s, "eta_online": 0.1 * (s % 4)} for s in range(1, 13)]
+    return Run(path, {"method": method, "er": er, "dataset": dataset, "method_options": {}}, records)
+
+
+def test_curves_use_epochs_completed_for_both_kinds_of_record(tmp_path):
+    run = make_run(tmp_path / "byol-er@tau_base=0.0", er=True)
+    knn = story.curve(run, "knn200")
+    assert knn.x == [0, 1, 2, 3] and knn.dash is True and knn.name == "BYOL-ER (tau_base=0.0)"
+    eta = story.curve(run, "eta_online")
+    assert eta.x == [s / 4 for s in range(1, 13)]
+    # epoch e holds the training records in (e - 1, e]: steps 1..4 -> epoch 1 (values 0.1, 0.2, 0.3, 0.0)
+    assert story.epoch_means(run, "eta_online") == pytest.approx({1: 0.15, 2: 0.15, 3: 0.15})
+
+
+def test_baselines_are_chance_and_the_untrained_network(tmp_path):
+    runs = [make_run(tmp_path / "a", untrained=0.24), make_run(tmp_path / "b", untrained=0.26)]
+    assert story.baselines(runs) == [(0.1, "chance (1/10)"), (pytest.approx(0.25), "untrained network")]
+    assert story.baselines([make_run(tmp_path / "c", dataset="synthetic")])[0] == (0.25, "chance (1/4)")
+
+
+def test_reference_curves_come_from_committed_sets_with_their_label(tmp_path):
+    ref = tmp_path / "results" / "cpu-small"
+    run_dir = ref / "seed0" / "byol"
+    run_dir.mkdir(parents=True)
+    run = make_run(run_dir)
+    (run_dir / "config.json").write_text(json.dumps(run.config))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.records))
+    (ref / "summary.json").write_text(json.dumps({"label": "CPU reference, small preset", "preset": "small"}))
+    [series] = story.reference_curves("byol", "knn200", preset="small", root=tmp_path / "results")
+    assert series.name == "CPU reference, small preset: BYOL" and series.dash == "dot" and series.x == [0, 1, 2, 3]
+    assert story.reference_curves("byol", "knn200", preset="full", root=tmp_path / "results") == []
+    assert story.reference_curves("dino", "knn200", root=tmp_path / "results") == []
+
+
+def test_takeaway_states_the_verdict_its_criterion_and_why_not_decided(tmp_path, capsys):
+    verdict = C.decide("C2", make_run(tmp_path / "byol", dataset="synthetic"))
+    text = story.takeaway(verdict)
+    assert text.startswith("**C2 — ⚠ INCONCLUSIVE: BYOL keeps the entropy stable")
+    assert "*Criterion (fixed before the run):* " + verdict.criterion in text
+    assert "synthetic" in text and text in capsys.readouterr().out
+
+
+def test_data_banner_warns_on_the_synthetic_fallback(monkeypatch):
+    monkeypatch.setattr(story, "preset_data", lambda: presets.PresetData("synthetic", False, "SYNTHETIC"))
+    with pytest.warns(UserWarning, match="SYNTHETIC"):
+        assert "⚠ Warning" in story.data_banner()
+    monkeypatch.setattr(story, "preset_data", lambda: presets.PresetData("cifar10", True, "CIFAR-10 (torchvision)"))
+    assert story.data_banner() == "Data: CIFAR-10 (torchvision)."
