@@ -165,14 +165,15 @@ def _command_line() -> str:
     return " ".join(argv)
 
 
-def write_meta(run_dir: Path, device: torch.device) -> None:
+def write_meta(run_dir: Path, device: torch.device, path: dict | None = None) -> None:
     """``meta.json``: the record format and what produced the run (version, commit, machine, command, start)."""
     from erlib import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     meta = {"format": FORMAT, "erlib": __version__, "commit": _erlib_commit(), "python": sys.version.split()[0],
             "torch": torch.__version__, "host": socket.gethostname(), "device": name,
-            "command": _command_line(), "started": datetime.now().isoformat(timespec="seconds")}
+            "command": _command_line(), "started": datetime.now().isoformat(timespec="seconds"),
+            "execution": path or {}}
     atomic_write_text(Path(run_dir) / META, json.dumps(meta, indent=2) + "\n")
 
 

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from erlib import accel, runs
 from erlib import distributed as D
-from erlib import runs
 from erlib.augment import ShardedGenerator, ViewRecipe, make_views, recipe_views
 from erlib.config import OPTIMIZERS, TrainConfig
 from erlib.data import BatchSampler, Dataset
@@ -99,8 +99,24 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
+    """bf16 or fp32 (None) as requested; "auto": bf16 on CUDA, on the CPU whatever erlib.accel measured fastest."""
+    return accel.choose_precision(device, cfg.precision)
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """``channels_last=True`` means "where it is faster" (always on CUDA, by erlib.accel's probe on the CPU)."""
+    return cfg.channels_last and accel.choose_channels_last(device, "auto")
+
+
+def _stored_execution(run_dir: Path) -> dict | None:
+    """The precision and layout a run started with (meta.json), so that a resume continues with the same numerics
+    even where "auto" would choose differently today (the CPU probe is a timing)."""
+    try:
+        execution = json.loads((run_dir / runs.META).read_text()).get("execution") or {}
+    except (OSError, ValueError):
+        return None
+    if execution.get("precision") in ("bf16", "fp32") and isinstance(execution.get("channels_last"), bool):
+        return execution
     return None
 
 
@@ -186,7 +202,17 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
     method: Method = cfg.build_method(len(train_set)).to(device)
     if D.is_distributed():
         convert_to_global_batchnorm(method)  # BN statistics over the global batch, as in one process
-    channels_last = device.type == "cuda" and cfg.channels_last
+    execution = _stored_execution(out_dir / cfg.name) if resume else None
+    if execution is None:
+        execution = {"precision": "bf16" if _autocast_dtype(cfg, device) else "fp32",
+                     "channels_last": _channels_last(cfg, device)}
+    if D.is_distributed():  # the CPU probe is a timing: every rank takes rank 0's choice
+        shared = [execution]
+        dist.broadcast_object_list(shared, src=0)
+        execution = shared[0]
+    channels_last = execution["channels_last"]
+    if device.type == "cpu":
+        accel.tune_cpu_allocator()  # reuse freed pages instead of faulting fresh ones every step
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg)
@@ -197,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
 
     lock = None
     if main:
-        run_dir, lock = _claim_run_dir(out_dir, cfg, resume, device)
+        run_dir, lock = _claim_run_dir(out_dir, cfg, resume, device, execution)
     else:
         run_dir = out_dir / cfg.name
     try:
@@ -205,14 +231,15 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
             names = [run_dir.name]
             dist.broadcast_object_list(names, src=0)
             run_dir = out_dir / names[0]
+        amp = torch.bfloat16 if execution["precision"] == "bf16" else None
         return _train_loop(cfg, run_dir, resume, callback, device, train_set, test_set, method, optimizer, recipes,
-                           sampler, aug_gen, views_rng, channels_last)
+                           sampler, aug_gen, views_rng, channels_last, amp)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.device
+def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.device, execution: dict
                    ) -> tuple[Path, runs.RunLock]:
     """Create (or, to resume, find) the run folder, lock it, then write config.json (and meta.json when new)."""
     if resume:
@@ -245,7 +272,8 @@ def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.
             raise FileExistsError(f"{run_dir} already holds a run; continue it with `python -m erlib train "
                                   f"--resume {run_dir}` or pick another name")
         runs.write_config(run_dir, dataclasses.replace(cfg, name=run_dir.name))
-        runs.write_meta(run_dir, device)
+        runs.write_meta(run_dir, device, {**accel.describe(device, cfg.precision, "auto" if cfg.channels_last else False),
+                                          **execution})
     except BaseException:
         lock.release()
         raise
@@ -255,7 +283,7 @@ def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.
 def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device: torch.device, train_set: Dataset,
                 test_set: Dataset, method: Method, optimizer: torch.optim.Optimizer, recipes: list[ViewRecipe],
                 sampler: BatchSampler, aug_gen: torch.Generator, views_rng: ShardedGenerator,
-                channels_last: bool) -> Path:
+                channels_last: bool, amp: torch.dtype | None) -> Path:
     rank, world, main = D.rank(), D.world_size(), D.is_main_process()
     ckpt_path, metrics_path = run_dir / runs.CHECKPOINT, run_dir / "metrics.jsonl"
     state = _State()
@@ -285,7 +313,6 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device:
         model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False,
                                                     device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(model) if cfg.compile else model
-    amp = _autocast_dtype(cfg, device)
     steps_per_epoch, total_steps = len(sampler), len(sampler) * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     monitor_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[:cfg.monitor_size]
