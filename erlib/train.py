@@ -99,7 +99,7 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 or fp32 (None) as requested; "auto": bf16 on CUDA, on the CPU whatever erlib.accel measured fastest."""
+    """bf16 or fp32 (None) as requested; "auto": bf16 on CUDA, on the CPU bf16 where the CPU executes it natively (erlib.accel)."""
     return accel.choose_precision(device, cfg.precision)
 
 

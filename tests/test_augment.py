@@ -1,17 +1,18 @@
-"""erlib.augment against the definitions of its ops: crop boxes measured from coordinate images, jitter factors,
-HSV against colorsys, luma weights, blur kernels, solarisation, per-sample randomness, and the recipes."""
+"""erlib.augment against the definitions of its ops: crop boxes measured from coordinate images, jitter factors and
+the whole jitter against a float64 per-pixel reference (colorsys for the hue), luma weights, blur widths measured
+from blurred impulses, solarisation, per-sample randomness, DDP sharding, and the recipes."""
 
 from __future__ import annotations
 
 import colorsys
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from erlib import augment as A
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -174,40 +175,54 @@ def test_jitter_probability():
     assert abs(changed.float().mean().item() - 0.5) < 0.04  # sd 0.011
 
 
-def test_hsv_of_known_colours_and_round_trip():
+def hsv_reference(x: torch.Tensor) -> np.ndarray:
+    """colorsys RGB -> HSV of every pixel, float64, [B, H, W, 3]."""
+    px = x.double().permute(0, 2, 3, 1).reshape(-1, 3).tolist()
+    return np.array([colorsys.rgb_to_hsv(*p) for p in px]).reshape(x.shape[0], x.shape[2], x.shape[3], 3)
+
+
+def hue_shift_reference(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Every pixel through colorsys in float64: RGB -> HSV, H <- (H + shift_i) mod 1, HSV -> RGB."""
+    out = np.empty((x.shape[0], x.shape[2], x.shape[3], 3))
+    for i, img in enumerate(x.double().permute(0, 2, 3, 1).numpy()):
+        for u, v in np.ndindex(img.shape[:2]):
+            h, s, val = colorsys.rgb_to_hsv(*img[u, v])
+            out[i, u, v] = colorsys.hsv_to_rgb((h + float(shift[i])) % 1.0, s, val)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def test_hue_shift_of_primaries_and_secondaries():
     colours = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5],
                             [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
-    h, s, v = A._rgb_to_hsv(colours.T[None, :, :, None])  # [1, 3, 9, 1]
-    h, s, v = h.flatten(), s.flatten(), v.flatten()
-    assert torch.allclose(h[:6], torch.tensor([0, 1 / 3, 2 / 3, 1 / 6, 1 / 2, 5 / 6]), atol=1e-6)
-    assert torch.allclose(s, torch.tensor([1.0] * 6 + [0.0] * 3)) and torch.allclose(v, colours.max(dim=1).values)
-    # random colours: against colorsys, and the round trip
-    x = torch.rand(4, 3, 16, 16, generator=gen(13))
-    h, s, v = A._rgb_to_hsv(x)
-    ref = torch.tensor([colorsys.rgb_to_hsv(*p) for p in x.permute(0, 2, 3, 1).reshape(-1, 3).tolist()])
-    dh = (h.flatten() - ref[:, 0]).abs()
-    assert torch.minimum(dh, 1 - dh).max() < 1e-5
-    assert torch.allclose(s.flatten(), ref[:, 1], atol=1e-5) and torch.allclose(v.flatten(), ref[:, 2], atol=1e-6)
-    assert (A._hsv_to_rgb(h, s, v) - x).abs().max() < 1e-5
-    # hsv -> rgb against colorsys on random HSV triples
-    hsv = torch.rand(3, 2, 8, 8, generator=gen(14))
-    rgb = A._hsv_to_rgb(hsv[0], hsv[1], hsv[2])
-    ref = torch.tensor([colorsys.hsv_to_rgb(*p) for p in hsv.permute(1, 2, 3, 0).reshape(-1, 3).tolist()])
-    assert (rgb.permute(0, 2, 3, 1).reshape(-1, 3) - ref).abs().max() < 1e-5
+    x = colours.T[None, :, :, None]  # one image, the colours down its first column
+    for shift, roll in [(1 / 3, 1), (2 / 3, 2), (1.0, 0), (-1 / 3, 2)]:
+        out = A._shift_hue(x, torch.tensor([shift]))[0, :, :, 0].T
+        # a third of the wheel moves red to green, green to blue, blue to red: the channels roll by one
+        expected = torch.cat([colours[:6].roll(roll, dims=1), colours[6:]])
+        assert torch.allclose(out, expected, atol=1e-6), (shift, out)
+    half = A._shift_hue(x, torch.tensor([0.5]))[0, :, :, 0].T  # half a turn: each primary to its complement
+    assert torch.allclose(half[:6], torch.tensor([[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0],
+                                                  [0, 1, 0]], dtype=torch.float32), atol=1e-6)
+    assert torch.equal(half[6:], colours[6:])  # greys have no hue
 
 
-def test_hue_shift_of_red():
-    red = torch.zeros(1, 3, 2, 2)
-    red[:, 0] = 1
-    h, s, v = A._rgb_to_hsv(red)
-    for shift, colour in [(1 / 3, (0, 1, 0)), (2 / 3, (0, 0, 1)), (1 / 6, (1, 1, 0)), (1.0, (1, 0, 0))]:
-        out = A._hsv_to_rgb((h + shift) % 1.0, s, v)
-        assert torch.allclose(out, torch.tensor(colour, dtype=torch.float32)[None, :, None, None].expand_as(out),
-                              atol=1e-6), (shift, out[0, :, 0, 0])
-    # through color_jitter, hue only: red turns into a fully saturated colour at hue delta ~ U(-hue, hue)
+def test_hue_shift_matches_colorsys_per_pixel():
+    x = torch.rand(12, 3, 6, 6, generator=gen(13))
+    x[0] = 0.4  # a grey image
+    x[1, :, :3] = x[1, :1, :3]  # grey pixels inside a colour image
+    x[2, 1] = x[2, 0]  # ties for the maximum (or minimum) channel
+    shift = torch.linspace(-0.5, 0.5, 12)
+    got = A._shift_hue(x, shift)
+    assert (got.double() - hue_shift_reference(x, shift)).abs().max() < 2e-6
+    assert (A._shift_hue(x, torch.zeros(12)) - x).abs().max() < 1e-6  # a zero shift is the identity
+
+
+def test_hue_shift_of_red_through_color_jitter():
+    # hue only: red turns into a fully saturated colour at hue delta ~ U(-hue, hue), one per image
     n, hue = 4000, 0.1
-    out = A.color_jitter(red.expand(n, -1, -1, -1), brightness=0, contrast=0, saturation=0, hue=hue, p=1.0,
-                         generator=gen(15))
+    red = torch.zeros(n, 3, 2, 2)
+    red[:, 0] = 1
+    out = A.color_jitter(red, brightness=0, contrast=0, saturation=0, hue=hue, p=1.0, generator=gen(15))
     hsv = torch.tensor([colorsys.rgb_to_hsv(*p) for p in out[:, :, 0, 0].tolist()])
     delta = (hsv[:, 0] + 0.5) % 1.0 - 0.5
     assert torch.allclose(hsv[:, 1:], torch.ones(n, 2), atol=1e-5)
@@ -215,20 +230,55 @@ def test_hue_shift_of_red():
     assert delta.min() < -hue + 0.005 and delta.max() > hue - 0.005
     assert abs(delta.mean()) < 5 * 2 * hue / math.sqrt(12 * n)
     assert abs(delta.std() - 2 * hue / math.sqrt(12)) < 0.005
+    assert delta.unique().numel() > 0.9 * n  # every image its own shift
 
 
 def test_hue_rotation_keeps_value_and_chroma_and_shifts_every_pixel_alike():
-    x = torch.rand(200, 3, 6, 6, generator=gen(16))
+    x = torch.rand(100, 3, 5, 5, generator=gen(16))
     out = A.color_jitter(x, brightness=0, contrast=0, saturation=0, hue=0.5, p=1.0, generator=gen(17))
     assert torch.allclose(out.amax(dim=1), x.amax(dim=1), atol=1e-5)
     assert torch.allclose(out.amax(dim=1) - out.amin(dim=1), x.amax(dim=1) - x.amin(dim=1), atol=1e-5)
-    h_in, s_in, _ = A._rgb_to_hsv(x)
-    h_out, _, _ = A._rgb_to_hsv(out)
-    d = ((h_out - h_in) % 1.0).flatten(1)
-    d = torch.where(d - d[:, :1] > 0.5, d - 1, torch.where(d - d[:, :1] < -0.5, d + 1, d))
-    mask = (s_in.flatten(1) > 0.1)
-    assert ((d - d[:, :1]).abs() * mask).max() < 1e-3  # one shift per image
+    h_in, h_out = hsv_reference(x), hsv_reference(out)
+    d = ((h_out[..., 0] - h_in[..., 0]) % 1.0).reshape(100, -1)
+    d = np.where(d - d[:, :1] > 0.5, d - 1, np.where(d - d[:, :1] < -0.5, d + 1, d))
+    mask = h_in[..., 1].reshape(100, -1) > 0.1
+    assert (np.abs(d - d[:, :1]) * mask).max() < 1e-3  # one shift per image
     assert d[:, 0].std() > 0.2  # shifts spread over the wheel (U(-0.5, 0.5) has sd 0.29)
+
+
+def jitter_reference(x: torch.Tensor, bf, cf, sf, shift) -> torch.Tensor:
+    """torchvision's four adjustments, written out per image in float64 (NumPy, colorsys for the hue)."""
+    w = np.array([0.299, 0.587, 0.114])
+    out = []
+    for i, img in enumerate(x.double().numpy()):
+        y = np.clip(img * float(bf[i]), 0, 1)
+        grey = np.tensordot(w, y, axes=1)
+        y = np.clip(float(cf[i]) * y + (1 - float(cf[i])) * grey.mean(), 0, 1)
+        grey = np.tensordot(w, y, axes=1)
+        y = np.clip(float(sf[i]) * y + (1 - float(sf[i])) * grey[None], 0, 1)
+        out.append(y)
+    return hue_shift_reference(torch.from_numpy(np.stack(out)), shift)
+
+
+def test_color_jitter_against_a_float64_reference_with_the_drawn_factors():
+    n, (b, c, s, hue, p) = 48, (0.8, 0.8, 0.8, 0.2, 0.75)
+    x = torch.rand(n, 3, 5, 5, generator=gen(40))
+    out = A.color_jitter(x, b, c, s, hue, p=p, generator=gen(41))
+    # the documented order of draws: on/off, brightness, contrast, saturation, hue shift; one of each per image
+    g = gen(41)
+    on = torch.rand(n, generator=g) < p
+    bf, cf, sf = ((1 - a + 2 * a * torch.rand(n, generator=g)).clamp_min(0) for a in (b, c, s))
+    shift = -hue + 2 * hue * torch.rand(n, generator=g)
+    bf, cf, sf = (torch.where(on, f, torch.ones(n)) for f in (bf, cf, sf))
+    shift = torch.where(on, shift, torch.zeros(n))
+    assert 0 < on.sum() < n
+    ref = jitter_reference(x, bf, cf, sf, shift)
+    assert (out.double() - ref).abs().max() < 2e-5
+    assert torch.allclose(out[~on], x[~on], atol=1e-6)  # images not drawn stay as they were
+    # every factor reaches the pixels: one factor per image replaced by the batch mean moves the result
+    for factors in ((bf.mean().expand(n), cf, sf, shift), (bf, cf.mean().expand(n), sf, shift),
+                    (bf, cf, sf.mean().expand(n), shift), (bf, cf, sf, shift.mean().expand(n))):
+        assert (out.double() - jitter_reference(x, *factors)).abs().max() > 1e-2
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -286,6 +336,119 @@ def test_blur_rate():
     out = A.gaussian_blur(x, p=0.3, sigma=(0.5, 2.0), generator=gen(27))
     changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-3
     assert abs(changed.float().mean().item() - 0.3) < 0.04
+
+
+def impulses(n: int, side: int, channels: int = 3) -> torch.Tensor:
+    """n images, black but for one white pixel at the centre (in every channel)."""
+    x = torch.zeros(n, channels, side, side)
+    x[:, :, side // 2, side // 2] = 1.0
+    return x
+
+
+def blur_moments(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and channel: total mass and the second moments along x and y about the centre, float64."""
+    side = out.shape[-1]
+    o = (torch.arange(side, dtype=torch.float64) - side // 2) ** 2
+    out = out.double()
+    return out.sum(dim=(2, 3)), (out.sum(dim=2) * o).sum(-1), (out.sum(dim=3) * o).sum(-1)
+
+
+def kernel_second_moment(sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_o o^2 K(o) of the normalised Gaussian kernel truncated at |o| <= k // 2, float64."""
+    o = torch.arange(k, dtype=torch.float64) - k // 2
+    w = torch.exp(-o[None] ** 2 / (2 * sigma.double()[:, None] ** 2))
+    return (w * o ** 2).sum(1) / w.sum(1)
+
+
+@pytest.mark.parametrize("side, kernel_size, k", [(41, 15, 15), (64, None, 7), (41, 5, 5), (33, None, 3)])
+def test_blur_sigma_is_drawn_per_image_and_measured_from_the_blurred_impulse(side, kernel_size, k):
+    n, p, (lo, hi) = 200, 0.6, (0.5, 2.0)
+    out = A.gaussian_blur(impulses(n, side), p=p, sigma=(lo, hi), generator=gen(50), kernel_size=kernel_size)
+    g = gen(50)  # the documented order of draws: on/off, then sigma, one per image
+    on = torch.rand(n, generator=g) < p
+    sigma = lo + (hi - lo) * torch.rand(n, generator=g)
+    mass, mx, my = blur_moments(out)
+    assert torch.allclose(mass, torch.ones_like(mass), atol=1e-5)  # the kernel sums to 1
+    expected = kernel_second_moment(sigma, k)[:, None].expand(-1, 3)
+    # each blurred image's spread is the one of its own sigma, in both directions and every channel
+    assert torch.allclose(mx[on], expected[on], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(my[on], expected[on], rtol=1e-4, atol=1e-6)
+    assert torch.equal(out[~on], impulses(n, side)[~on])  # the others are untouched
+    assert 0.5 * n < on.sum() < 0.7 * n
+    measured = mx[on, 0]
+    assert measured.unique().numel() > 0.95 * on.sum()  # different images, different sigma
+    assert measured.std() > 0.1 * measured.mean()
+    if k == 15:  # barely truncated (7 px >= 3.5 sigma): the second moment is sigma^2 itself
+        big = sigma[on] >= 1.0
+        assert torch.allclose(measured[big].sqrt(), sigma[on][big].double(), rtol=0.01)
+
+
+def test_blur_inside_the_pipeline_reaches_the_pixels_per_image():
+    recipe = A.recipe_views("simclr", size=32, blur=True)[0]
+    assert recipe.blur_p == 0.5
+    # everything but the blur made the identity: full crop, no flip, no colour, no normalisation
+    r = replace(recipe, size=33, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0, mean=(0, 0, 0),
+                std=(1, 1, 1))
+    n = 400
+    out = A.augment(impulses(n, 33), r, gen(51))
+    mass, mx, my = blur_moments(out)
+    assert torch.allclose(mass, torch.ones_like(mass), atol=1e-4)
+    blurred = mx[:, 0] > 1e-3
+    assert abs(blurred.float().mean().item() - 0.5) < 0.08
+    # k = 3 at 33 px: the moment of sigma ~ U(0.1, 2) lies in (0, 2/3) and differs from image to image
+    k3 = kernel_second_moment(torch.tensor([0.1, 2.0]), 3)
+    assert (mx[blurred, 0] > k3[0] - 1e-6).all() and (mx[blurred, 0] < k3[1] + 1e-6).all()
+    assert mx[blurred, 0].unique().numel() > 0.9 * blurred.sum()
+    assert torch.allclose(mx, my, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_blur_against_a_float64_reference_with_reflect_padding(k):
+    x = torch.rand(6, 2, 9, 11, generator=gen(55))
+    out = A.gaussian_blur(x, p=0.7, sigma=(0.3, 2.0), generator=gen(56), kernel_size=k)
+    g = gen(56)
+    on = torch.rand(6, generator=g) < 0.7
+    sigma = 0.3 + 1.7 * torch.rand(6, generator=g)
+    o = np.arange(k) - k // 2
+    for i in range(6):
+        kern = np.exp(-o ** 2 / (2 * float(sigma[i]) ** 2)) if on[i] else (o == 0).astype(float)
+        kern /= kern.sum()
+        img = np.pad(x[i].double().numpy(), ((0, 0), (k // 2, k // 2), (k // 2, k // 2)), mode="reflect")
+        rows = sum(kern[j] * img[:, :, j:j + 11] for j in range(k))
+        ref = sum(kern[j] * rows[:, j:j + 9] for j in range(k))
+        assert np.abs(out[i].double().numpy() - ref).max() < 1e-6, (k, i)
+
+
+def test_blur_rejects_bad_kernel_sizes():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd"):
+        A.gaussian_blur(x, p=1.0, kernel_size=4)
+    with pytest.raises(ValueError, match="kernel_size 17 needs images larger"):
+        A.gaussian_blur(x, p=1.0, kernel_size=17)
+
+
+def test_solarisation_is_drawn_per_image():
+    n = 2000
+    x = torch.full((n, 3, 4, 4), 0.75)
+    out = A.solarize(x, p=0.3, generator=gen(52))
+    flipped = (out == 0.25).flatten(1).all(dim=1)
+    kept = (out == 0.75).flatten(1).all(dim=1)
+    assert torch.equal(flipped | kept, torch.ones(n, dtype=torch.bool))  # a whole image or none of it
+    assert abs(flipped.float().mean().item() - 0.3) < 0.04
+    g = gen(52)
+    assert torch.equal(flipped, torch.rand(n, generator=g) < 0.3)  # the image's own draw
+
+
+@pytest.mark.parametrize("op", ["grayscale", "solarize"])
+def test_inplace_overwrites_the_input_and_gives_the_same_values(op):
+    fn = getattr(A, op)
+    x = torch.rand(64, 3, 4, 4, generator=gen(53))
+    fresh = fn(x, p=0.5, generator=gen(54))
+    assert not torch.equal(fresh, x)  # some images changed, and x did not
+    assert torch.equal(x, torch.rand(64, 3, 4, 4, generator=gen(53)))
+    y = x.clone()
+    same = fn(y, p=0.5, generator=gen(54), inplace=True)
+    assert same.data_ptr() == y.data_ptr() and torch.equal(same, fresh)
 
 
 def test_solarize():
@@ -351,6 +514,16 @@ def test_same_seed_same_views_different_seed_different():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert all(not torch.equal(u, v) for u, v in zip(a, c))
     assert not torch.equal(a[0], a[1])  # the two views of one call differ
+
+
+def test_sharded_generator_gives_each_rank_its_rows_of_the_global_views():
+    img = torch.randint(0, 256, (12, 3, 32, 32), generator=gen(39), dtype=torch.uint8)
+    recipes = A.recipe_views("byol", blur=True) + [replace(A.recipe_views("byol")[1], solarize_p=0.5, blur_p=0.5)]
+    whole = A.make_views(img, recipes, gen(7))
+    for rank in range(3):
+        rows = slice(4 * rank, 4 * rank + 4)
+        part = A.make_views(img[rows], recipes, A.ShardedGenerator(gen(7), rank, 3))
+        assert all(torch.allclose(p, w[rows], atol=1e-6) for p, w in zip(part, whole))
 
 
 def test_augment_with_nothing_random_is_the_normalisation():
