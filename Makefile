@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.erlib-installed
 
-.PHONY: setup test demo lab bench clean-runs
+.PHONY: setup test lint demo lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 # tests/test_browser.py runs where chromium and chromium-driver are installed and says why it skips elsewhere
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# ruff (lint rules and formatting, pyproject.toml) on the code and tests, mypy on the package
+lint: $(STAMP)
+	$(VENV)/bin/ruff check erlib tests scripts
+	$(VENV)/bin/ruff format --check erlib tests scripts
+	$(VENV)/bin/mypy erlib
 
 demo: $(STAMP)
 	$(PY) -m erlib notebooks --preset tiny

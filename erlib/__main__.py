@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import sys
 import textwrap
+from typing import Any
 
 #: Exceptions that mean "bad input or a refused request": reported on one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -53,7 +54,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         helptext = _field_help(f, default).replace("%", "%%")
-        common = dict(dest=f.name, default=argparse.SUPPRESS, help=helptext)
+        common: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=helptext)
         if f.name == "method_options":
             group.add_argument("--opt", action="append", metavar="KEY=VALUE", **common)
         elif isinstance(default, bool):
@@ -87,8 +88,10 @@ def _train(args: argparse.Namespace) -> int:
         extra = sorted(set(given) - {"epochs", "progress", "device"}) + (["preset"] if args.preset else [])
         if extra:
             flags = ", ".join("--" + ("opt" if k == "method_options" else k.replace("_", "-")) for k in extra)
-            raise ValueError(f"--resume continues a run as it was configured; it takes only --epochs (to extend it), "
-                             f"--progress/--no-progress and --device, not {flags}")
+            raise ValueError(
+                f"--resume continues a run as it was configured; it takes only --epochs (to extend it), "
+                f"--progress/--no-progress and --device, not {flags}"
+            )
         print(resume_run(args.resume, **given))
         return 0
     if "method_options" in given:
@@ -96,8 +99,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.preset:
         from erlib.presets import preset_config
 
-        base = preset_config(args.preset, given.get("method", "simclr"), er=given.get("er", False),
-                             method_options=given.pop("method_options", None)).to_dict()
+        base = preset_config(
+            args.preset,
+            given.get("method", "simclr"),
+            er=given.get("er", False),
+            method_options=given.pop("method_options", None),
+        ).to_dict()
         base.update(out_dir="runs", name="", progress=True)
         given = {**base, **given}
     print(train(TrainConfig(**given)))
@@ -152,15 +159,18 @@ def _claims(args: argparse.Namespace) -> int:
     if not seeds or any(s < 0 for s in seeds):
         raise ValueError(f"--seeds expects comma-separated integers >= 0, got {args.seeds!r}")
     out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train,
-                       runs_root=args.runs_dir or None)
+    result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train, runs_root=args.runs_dir or None)
     print(format_verdicts(result.combined))
     print(f"\n{len(seeds)} seed(s), {result.minutes:.1f} min; report: {result.report[0] if result.report else out}")
     if args.export:
-        dirs = {s: (Path(args.runs_dir) / f"seed{s}" if args.runs_dir else Path(default_runs_dir(args.preset, s)))
-                for s in seeds}
+        dirs = {
+            s: (Path(args.runs_dir) / f"seed{s}" if args.runs_dir else Path(default_runs_dir(args.preset, s)))
+            for s in seeds
+        }
         command = "python -m erlib claims " + " ".join(sys.argv[2:])
-        print(f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids, args.preset)}")
+        print(
+            f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids, args.preset)}"
+        )
     return 0
 
 
@@ -169,10 +179,21 @@ def _bench(args: argparse.Namespace) -> int:
 
     from erlib.bench import BenchConfig, format_table, run_benchmark, write_report
 
-    cfg = BenchConfig(methods=args.methods.split(","), er_variants=not args.no_er, backbone=args.backbone,
-                      dataset=args.dataset, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
-                      repeats=args.repeats, baseline_workers=args.workers, baseline=not args.no_baseline,
-                      compile=args.compile, small_heads=args.small_heads, device=args.device)
+    cfg = BenchConfig(
+        methods=args.methods.split(","),
+        er_variants=not args.no_er,
+        backbone=args.backbone,
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        steps=args.steps,
+        repeats=args.repeats,
+        baseline_workers=args.workers,
+        baseline=not args.no_baseline,
+        compile=args.compile,
+        small_heads=args.small_heads,
+        device=args.device,
+    )
     report = run_benchmark(cfg)
     print(format_table(report))
     out = args.out or f"runs/bench/bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
@@ -183,25 +204,41 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from erlib.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m erlib", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m erlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the full traceback of an error")
-    tr = sub.add_parser("train", parents=[debug], help="train a method (or resume a run)",
-                        description="Train a self-supervised method, or continue a run. Every flag is a field of "
-                                    "erlib.config.TrainConfig (written to the run's config.json).")
-    tr.add_argument("--resume", default="", metavar="RUN_DIR",
-                    help="continue the run in this folder as it was configured (only --epochs may be given, to "
-                         "extend it; a run killed before its first checkpoint restarts from step 0)")
-    tr.add_argument("--preset", choices=PRESETS, default="",
-                    help="start from a notebook preset (backbone, data, recipe and per-method learning rate); "
-                         "explicit flags override it")
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+    tr = sub.add_parser(
+        "train",
+        parents=[debug],
+        help="train a method (or resume a run)",
+        description="Train a self-supervised method, or continue a run. Every flag is a field of "
+        "erlib.config.TrainConfig (written to the run's config.json).",
+    )
+    tr.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN_DIR",
+        help="continue the run in this folder as it was configured (only --epochs may be given, to "
+        "extend it; a run killed before its first checkpoint restarts from step 0)",
+    )
+    tr.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="",
+        help="start from a notebook preset (backbone, data, recipe and per-method learning rate); "
+        "explicit flags override it",
+    )
     _add_train_flags(tr)
     tr.set_defaults(func=_train)
-    be = sub.add_parser("bench", parents=[debug], help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline")
+    be = sub.add_parser(
+        "bench", parents=[debug], help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline"
+    )
     be.add_argument("--methods", default="simclr,deepcluster,swav,byol,dino")
     be.add_argument("--no-er", action="store_true", help="originals only")
     be.add_argument("--backbone", default="resnet18_cifar")
@@ -217,35 +254,59 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default="auto")
     be.add_argument("--out", default="", help="JSON path (default runs/bench/bench-<timestamp>.json)")
     be.set_defaults(func=_bench)
-    ev = sub.add_parser("eval", parents=[debug], help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint")
+    ev = sub.add_parser(
+        "eval", parents=[debug], help="kNN (k=200 and 20), linear probe and RankMe of a run's checkpoint"
+    )
     ev.add_argument("run", help="run folder, e.g. runs/simclr-20261129-120000-1a2b")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--no-linear", action="store_true", help="skip the linear probe")
     ev.set_defaults(func=_eval)
-    me = sub.add_parser("methods", parents=[debug], help="the methods, and every option of one (with its default and meaning)")
+    me = sub.add_parser(
+        "methods", parents=[debug], help="the methods, and every option of one (with its default and meaning)"
+    )
     me.add_argument("name", nargs="?", default="", help="a method name: list its options")
     me.set_defaults(func=_methods)
-    cl = sub.add_parser("claims", parents=[debug],
-                        help="train what the claims need (reusing finished runs), decide them, write a report")
+    cl = sub.add_parser(
+        "claims",
+        parents=[debug],
+        help="train what the claims need (reusing finished runs), decide them, write a report",
+    )
     cl.add_argument("--preset", choices=PRESETS, default=PRESETS[0], help="the preset whose runs decide the claims")
     cl.add_argument("--only", default="", help="comma-separated claim ids, e.g. C2,C3 (default: all)")
     cl.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); a claim PASSes only in all")
     cl.add_argument("--out", default="", help="report folder (default runs/claims/<preset>-<timestamp>)")
     cl.add_argument("--no-train", action="store_true", help="decide from the runs present; train nothing")
-    cl.add_argument("--runs-dir", default="", help="root of the runs, one seed<k>/ folder per seed (default: the "
-                                                   "notebooks' runs/notebook-runs/<preset>[-seed<k>])")
-    cl.add_argument("--export", default="", metavar="DIR",
-                    help="also copy the runs (config, metrics, meta; no checkpoints) and their verdicts into DIR, "
-                         "e.g. results/cpu-small-<date>")
+    cl.add_argument(
+        "--runs-dir",
+        default="",
+        help="root of the runs, one seed<k>/ folder per seed (default: the "
+        "notebooks' runs/notebook-runs/<preset>[-seed<k>])",
+    )
+    cl.add_argument(
+        "--export",
+        default="",
+        metavar="DIR",
+        help="also copy the runs (config, metrics, meta; no checkpoints) and their verdicts into DIR, "
+        "e.g. results/cpu-small-<date>",
+    )
     cl.add_argument("--label", default="", help="label of the exported reference runs, e.g. 'CPU reference'")
     cl.set_defaults(func=_claims)
     nb = sub.add_parser("notebooks", parents=[debug], help="execute the numbered notebooks headless with papermill")
-    nb.add_argument("--preset", choices=PRESETS, default="tiny",
-                    help="tiny: a CPU in minutes; full: a GPU node (default: tiny)")
+    nb.add_argument(
+        "--preset", choices=PRESETS, default="tiny", help="tiny: a CPU in minutes; full: a GPU node (default: tiny)"
+    )
     nb.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
-    nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                    help="a papermill parameter, e.g. -p seed 3 (repeatable)")
-    nb.add_argument("--out", default="runs/notebooks", help="root folder for executed notebooks (default runs/notebooks)")
+    nb.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="a papermill parameter, e.g. -p seed 3 (repeatable)",
+    )
+    nb.add_argument(
+        "--out", default="runs/notebooks", help="root folder for executed notebooks (default runs/notebooks)"
+    )
     nb.set_defaults(func=_notebooks)
     return parser
 

@@ -29,12 +29,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "BF16_MARGIN", "CHANNELS_LAST_MARGIN", "CpuProbe", "cpu_flags", "cpu_native_bf16",
-           "probe_cpu", "cpu_auto", "choose_precision", "choose_channels_last", "tune_cpu_allocator", "describe"]
+__all__ = [
+    "PRECISIONS",
+    "BF16_MARGIN",
+    "CHANNELS_LAST_MARGIN",
+    "CpuProbe",
+    "cpu_flags",
+    "cpu_native_bf16",
+    "probe_cpu",
+    "cpu_auto",
+    "choose_precision",
+    "choose_channels_last",
+    "tune_cpu_allocator",
+    "describe",
+]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 #: bf16 autocast is chosen on the CPU only when the probe finds it at least this many times faster than fp32
@@ -94,13 +107,17 @@ def _probe_net() -> nn.Module:
     chans = [3, 32, 64, 128]
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], 64))
 
 
-def _time_candidates(candidates: list[tuple[str, bool]], batch: int, size: int, rounds: int,
-                     slow_factor: float) -> dict[str, float]:
+def _time_candidates(
+    candidates: list[tuple[str, bool]], batch: int, size: int, rounds: int, slow_factor: float
+) -> dict[str, float]:
     """Best seconds of one forward + backward per candidate, the candidates interleaved round by round (so that a
     burst of load from other processes hits all of them alike); a candidate whose first run is ``slow_factor`` times
     the fastest first run is dropped after it."""
@@ -140,8 +157,13 @@ def _time_candidates(candidates: list[tuple[str, bool]], batch: int, size: int, 
 _PROBE: dict[int, CpuProbe] = {}
 
 
-def probe_cpu(refresh: bool = False, batch: int = 16, size: int = 32, rounds: int = 6,
-              native_bf16: bool | None | str = "detect") -> CpuProbe:
+def probe_cpu(
+    refresh: bool = False,
+    batch: int = 16,
+    size: int = 32,
+    rounds: int = 6,
+    native_bf16: bool | None | Literal["detect"] = "detect",
+) -> CpuProbe:
     """Time fp32 / bf16 autocast × NCHW / channels_last on a small conv net and return the fastest path.
 
     Cached per process and torch thread count (so "auto" is deterministic within a process); ``refresh=True``
@@ -162,8 +184,10 @@ def probe_cpu(refresh: bool = False, batch: int = 16, size: int = 32, rounds: in
         seconds = _time_candidates(candidates, batch, size, rounds, slow_factor=4.0)
 
     def best_of(precision: str) -> tuple[float, bool]:
-        nchw, cl = seconds.get(f"{precision}/nchw", float("inf")), seconds.get(f"{precision}/channels_last",
-                                                                                float("inf"))
+        nchw, cl = (
+            seconds.get(f"{precision}/nchw", float("inf")),
+            seconds.get(f"{precision}/channels_last", float("inf")),
+        )
         return (cl, True) if cl * CHANNELS_LAST_MARGIN < nchw else (nchw, False)
 
     t32, cl32 = best_of("fp32")
@@ -262,11 +286,19 @@ def describe(device: torch.device | str, precision: str = "auto", channels_last:
     """A JSON-ready record of the path chosen for ``device`` (for run configs and benchmark reports)."""
     dev = _device(device)
     dtype = choose_precision(dev, precision)
-    record = {"device": str(dev), "requested_precision": precision, "precision": "bf16" if dtype else "fp32",
-              "requested_channels_last": channels_last, "channels_last": choose_channels_last(dev, channels_last)}
+    record: dict[str, object] = {
+        "device": str(dev),
+        "requested_precision": precision,
+        "precision": "bf16" if dtype else "fp32",
+        "requested_channels_last": channels_last,
+        "channels_last": choose_channels_last(dev, channels_last),
+    }
     if dev.type == "cpu":
-        record.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_native_bf16(),
-                      allocator_tuned=bool(_ALLOCATOR_TUNED))
+        record.update(
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            native_bf16=cpu_native_bf16(),
+            allocator_tuned=bool(_ALLOCATOR_TUNED),
+        )
         if "auto" in (precision, channels_last):
             record["auto_reason"] = cpu_auto()[2]
             if cpu_native_bf16() is None:

@@ -24,8 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ShardedGenerator", "ViewRecipe", "RECIPES", "recipe_views", "random_resized_crop", "color_jitter",
-           "grayscale", "gaussian_blur", "solarize", "augment", "make_views", "CIFAR_MEAN", "CIFAR_STD", "to_float"]
+__all__ = [
+    "ShardedGenerator",
+    "ViewRecipe",
+    "RECIPES",
+    "recipe_views",
+    "random_resized_crop",
+    "color_jitter",
+    "grayscale",
+    "gaussian_blur",
+    "solarize",
+    "augment",
+    "make_views",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "to_float",
+]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -43,17 +57,21 @@ class ShardedGenerator:
     world: int = 1
 
 
-def _rand(n: int, g: torch.Generator | ShardedGenerator | None, device) -> Tensor:
+#: Where an op draws its random numbers: a torch generator, a generator shared by DDP ranks, or the global RNG (None).
+RandomSource = torch.Generator | ShardedGenerator | None
+
+
+def _rand(n: int, g: RandomSource, device) -> Tensor:
     if isinstance(g, ShardedGenerator):
-        return torch.rand(n * g.world, generator=g.generator, device=device)[g.rank * n:(g.rank + 1) * n]
+        return torch.rand(n * g.world, generator=g.generator, device=device)[g.rank * n : (g.rank + 1) * n]
     return torch.rand(n, generator=g, device=device)
 
 
-def _uniform(n: int, low: float, high: float, g, device) -> Tensor:
+def _uniform(n: int, low: float, high: float, g: RandomSource, device) -> Tensor:
     return low + (high - low) * _rand(n, g, device)
 
 
-def _bernoulli(n: int, p: float, g, device) -> Tensor:
+def _bernoulli(n: int, p: float, g: RandomSource, device) -> Tensor:
     return _rand(n, g, device) < p
 
 
@@ -62,9 +80,14 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0)
 
 
-def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5,
-                        generator: torch.Generator | None = None) -> Tensor:
+def random_resized_crop(
+    x: Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+    generator: RandomSource = None,
+) -> Tensor:
     r"""Per-sample random resized crop (+ horizontal flip) to ``size``×``size``.
 
     Area fraction :math:`s\sim U(\text{scale})`, aspect :math:`\log r\sim U(\log\text{ratio})`; width and height
@@ -130,8 +153,9 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     return depth.mul_(spread.neg_()[:, None]).add_(top[:, None])
 
 
-def _jitter_factors(b: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
-                    generator, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _jitter_factors(
+    b: int, brightness: float, contrast: float, saturation: float, hue: float, p: float, generator, device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-image factors in the documented order of draws: the on/off mask, then b, c, s, then the hue shift."""
     on = _bernoulli(b, p, generator, device)
 
@@ -144,8 +168,15 @@ def _jitter_factors(b: int, brightness: float, contrast: float, saturation: floa
     return bf, cf, sf, shift
 
 
-def color_jitter(x: Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2,
-                 hue: float = 0.1, p: float = 0.8, generator: torch.Generator | None = None) -> Tensor:
+def color_jitter(
+    x: Tensor,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.2,
+    hue: float = 0.1,
+    p: float = 0.8,
+    generator: RandomSource = None,
+) -> Tensor:
     r"""Per-sample colour jitter with probability ``p`` (torchvision's ``ColorJitter`` in a fixed order).
 
     Each image draws (in this order) whether it is jittered, factors :math:`b, c, s \sim U(1-\cdot, 1+\cdot)`
@@ -165,7 +196,7 @@ def color_jitter(x: Tensor, brightness: float = 0.4, contrast: float = 0.4, satu
     return _shift_hue(y, shift) if hue > 0 else y
 
 
-def grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None, inplace: bool = False) -> Tensor:
+def grayscale(x: Tensor, p: float = 0.2, generator: RandomSource = None, inplace: bool = False) -> Tensor:
     """Per-sample conversion to luma :math:`Y` (kept as 3 channels) with probability ``p``; ``inplace=True``
     overwrites ``x`` (the pipeline's own buffer) instead of returning a new tensor."""
     on = _per_image(_bernoulli(x.shape[0], p, generator, x.device), x.dtype)
@@ -177,8 +208,13 @@ def grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = Non
 _SHIFT_BLUR_MAX_K = 5
 
 
-def gaussian_blur(x: Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0),
-                  generator: torch.Generator | None = None, kernel_size: int | None = None) -> Tensor:
+def gaussian_blur(
+    x: Tensor,
+    p: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    generator: RandomSource = None,
+    kernel_size: int | None = None,
+) -> Tensor:
     r"""Per-sample Gaussian blur with probability ``p``: each image draws whether it is blurred, then
     :math:`\sigma \sim U(\text{sigma})` in pixels, and is convolved (reflect padding) with the separable kernel
     :math:`K(o) \propto e^{-o^2 / 2\sigma^2}`, :math:`|o| \le k // 2`, normalised to sum 1; images not blurred get
@@ -190,12 +226,13 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 
     if k < 1 or k % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number of pixels, got {kernel_size}")
     if k // 2 >= min(hgt, wid):
-        raise ValueError(f"kernel_size {k} needs images larger than {k // 2} pixels, got {hgt}x{wid}; "
-                         "pass a smaller kernel_size")
+        raise ValueError(
+            f"kernel_size {k} needs images larger than {k // 2} pixels, got {hgt}x{wid}; pass a smaller kernel_size"
+        )
     on = _bernoulli(b, p, generator, x.device)
     sig = _uniform(b, *sigma, generator, x.device)
     offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    kernel = torch.exp(-offsets[None] ** 2 / (2 * sig[:, None] ** 2))
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sig[:, None] ** 2))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     identity = (offsets == 0).to(x.dtype).expand(b, k)
     kernel = torch.where(on[:, None], kernel, identity)  # [B, k]
@@ -205,10 +242,10 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 
         weights = kernel.T[:, :, None, None, None]  # [k, B, 1, 1, 1]
         rows = padded[..., 0:wid] * weights[0]
         for j in range(1, k):
-            rows.addcmul_(padded[..., j:j + wid], weights[j])
+            rows.addcmul_(padded[..., j : j + wid], weights[j])
         y = rows[:, :, 0:hgt] * weights[0]
         for j in range(1, k):
-            y.addcmul_(rows[:, :, j:j + hgt], weights[j])
+            y.addcmul_(rows[:, :, j : j + hgt], weights[j])
         return y
     kernel = kernel.repeat_interleave(c, dim=0)  # [B*C, k]
     y = F.pad(x.reshape(1, b * c, hgt, wid), (k // 2,) * 4, mode="reflect")
@@ -217,8 +254,9 @@ def gaussian_blur(x: Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 
     return y.reshape(b, c, hgt, wid)
 
 
-def solarize(x: Tensor, p: float = 0.2, threshold: float = 0.5, generator: torch.Generator | None = None,
-             inplace: bool = False) -> Tensor:
+def solarize(
+    x: Tensor, p: float = 0.2, threshold: float = 0.5, generator: RandomSource = None, inplace: bool = False
+) -> Tensor:
     """Per-sample solarisation with probability ``p``: pixels ≥ threshold become 1 − x (at the default threshold 0.5
     that is exactly ``min(x, 1 - x)``); ``inplace=True`` overwrites ``x``."""
     on = _per_image(_bernoulli(x.shape[0], p, generator, x.device), x.dtype)
@@ -257,7 +295,7 @@ class ViewRecipe:
             raise ValueError(f"size must be >= 4 pixels, got {self.size}")
 
 
-def augment(images: Tensor, recipe: ViewRecipe, generator: torch.Generator | None = None) -> Tensor:
+def augment(images: Tensor, recipe: ViewRecipe, generator: RandomSource = None) -> Tensor:
     """One normalised float view of a uint8 (or [0, 1] float) batch, every sample with its own random parameters.
 
     The order of the random draws (crop, jitter, grayscale, blur, solarisation, each only when its probability is
@@ -265,8 +303,9 @@ def augment(images: Tensor, recipe: ViewRecipe, generator: torch.Generator | Non
     x = to_float(images) if images.dtype == torch.uint8 else images
     x = random_resized_crop(x, recipe.size, recipe.scale, recipe.ratio, recipe.flip_p, generator)  # a new tensor
     if recipe.jitter_p > 0:
-        x = color_jitter(x, recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue, recipe.jitter_p,
-                         generator)
+        x = color_jitter(
+            x, recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue, recipe.jitter_p, generator
+        )
     if recipe.gray_p > 0:
         x = grayscale(x, recipe.gray_p, generator, inplace=True)
     if recipe.blur_p > 0:
@@ -278,14 +317,15 @@ def augment(images: Tensor, recipe: ViewRecipe, generator: torch.Generator | Non
     return x.sub_(mean).div_(std)
 
 
-def make_views(images: Tensor, recipes: list[ViewRecipe], generator: torch.Generator | None = None) -> list[Tensor]:
+def make_views(images: Tensor, recipes: list[ViewRecipe], generator: RandomSource = None) -> list[Tensor]:
     """One view per recipe."""
     x = to_float(images) if images.dtype == torch.uint8 else images
     return [augment(x, r, generator) for r in recipes]
 
 
-def recipe_views(name: str, size: int = 32, local_crops: int = 0, local_size: int | None = None,
-                 blur: bool | None = None) -> list[ViewRecipe]:
+def recipe_views(
+    name: str, size: int = 32, local_crops: int = 0, local_size: int | None = None, blur: bool | None = None
+) -> list[ViewRecipe]:
     """The view recipes of a named pipeline: ``simclr`` (symmetric), ``byol`` (asymmetric), each optionally with
     ``local_crops`` small crops (multi-crop: global scale 0.14–1, local 0.05–0.14). ``blur`` defaults to off below
     64 px (the CIFAR convention)."""

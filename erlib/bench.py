@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,25 +40,51 @@ from torch import Tensor, nn
 from erlib import accel
 from erlib.augment import CIFAR_MEAN, CIFAR_STD, make_views, recipe_views
 from erlib.data import DATASETS, BatchSampler, Dataset, load_dataset
-from erlib.methods import METHODS, build
+from erlib.methods import METHODS, DeepClusterV2, Method, build
 from erlib.nn import BACKBONES
 from erlib.presets import TINY_HEADS
 from erlib.train import MetricAccumulator, TrainConfig, build_optimizer, train_step
 
-__all__ = ["BenchConfig", "PATHS", "run_benchmark", "format_table", "write_report", "count_step_flops",
-           "resolve_path", "RESULT_FIELDS"]
+__all__ = [
+    "BenchConfig",
+    "PATHS",
+    "run_benchmark",
+    "format_table",
+    "write_report",
+    "count_step_flops",
+    "resolve_path",
+    "RESULT_FIELDS",
+]
 
 #: Execution paths: name → (precision, channels_last) as passed to :mod:`erlib.accel` ("auto" = its choice).
 PATHS: dict[str, tuple[str, bool | str]] = {
-    "fp32": ("fp32", False), "fp32-cl": ("fp32", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True),
+    "fp32": ("fp32", False),
+    "fp32-cl": ("fp32", True),
+    "bf16": ("bf16", False),
+    "bf16-cl": ("bf16", True),
     "auto": ("auto", "auto"),
 }
 
 #: Fields of every result row in the JSON.
-RESULT_FIELDS = ("method", "er", "path", "precision", "channels_last", "e2e_images_per_s", "model_only_images_per_s",
-                 "baseline_images_per_s", "e2e_over_model_only", "e2e_over_baseline", "e2e_over_reference",
-                 "step_tflop", "e2e_tflops", "model_only_tflops", "baseline_tflops", "peak_memory_gb",
-                 "baseline_peak_memory_gb")
+RESULT_FIELDS = (
+    "method",
+    "er",
+    "path",
+    "precision",
+    "channels_last",
+    "e2e_images_per_s",
+    "model_only_images_per_s",
+    "baseline_images_per_s",
+    "e2e_over_model_only",
+    "e2e_over_baseline",
+    "e2e_over_reference",
+    "step_tflop",
+    "e2e_tflops",
+    "model_only_tflops",
+    "baseline_tflops",
+    "peak_memory_gb",
+    "baseline_peak_memory_gb",
+)
 
 #: The clock of every timed window (a module attribute so that tests can drive it).
 _clock: Callable[[], float] = time.perf_counter
@@ -97,8 +124,10 @@ class BenchConfig:
         if self.paths is not None:
             bad = [p for p in self.paths if p not in PATHS]
             if bad or not self.paths or len(set(self.paths)) != len(self.paths):
-                raise ValueError(f"BenchConfig.paths = {self.paths!r} is invalid; pass distinct names from "
-                                 f"{list(PATHS)}, e.g. ['fp32', 'auto']")
+                raise ValueError(
+                    f"BenchConfig.paths = {self.paths!r} is invalid; pass distinct names from "
+                    f"{list(PATHS)}, e.g. ['fp32', 'auto']"
+                )
         for name, allowed in (("backbone", tuple(BACKBONES)), ("dataset", DATASETS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"BenchConfig.{name} = {getattr(self, name)!r} is invalid; pass one of {allowed}")
@@ -125,8 +154,9 @@ def _window(run_steps: Callable[[int], None], steps: int, device: torch.device) 
     return _clock() - start
 
 
-def _interleaved(runners: list[Callable[[int], None]], steps: int, repeats: int, warmup: int,
-                 device: torch.device) -> list[float]:
+def _interleaved(
+    runners: list[Callable[[int], None]], steps: int, repeats: int, warmup: int, device: torch.device
+) -> list[float]:
     """Median seconds per window of every runner, the runners' windows taken in turn (after ``warmup`` steps each)."""
     for run in runners:
         run(warmup)
@@ -137,8 +167,15 @@ def _interleaved(runners: list[Callable[[int], None]], steps: int, repeats: int,
     return [statistics.median(t) for t in times]
 
 
-def count_step_flops(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer, views: list[Tensor],
-                     index: Tensor | None, amp: torch.dtype | None = None, channels_last: bool = False) -> int:
+def count_step_flops(
+    model: nn.Module,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    views: list[Tensor],
+    index: Tensor | None,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> int:
     """FLOPs of one training step (forward, backward, as counted by ``torch.utils.flop_counter``: matrix
     multiplications and convolutions; the optimiser's elementwise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -150,15 +187,17 @@ def count_step_flops(model: nn.Module, method: nn.Module, optimizer: torch.optim
 
 
 def _build(name: str, er: bool, cfg: BenchConfig, n: int, device: torch.device, channels_last: bool):
-    options = dict(TINY_HEADS[name]) if cfg.small_heads else {}
+    # TINY_HEADS: method name -> keyword options (mypy infers its values as ``object``)
+    options: dict[str, Any] = dict(cast("dict[str, Any]", TINY_HEADS[name])) if cfg.small_heads else {}
     if name == "deepcluster":
         options["num_samples"] = n
     torch.manual_seed(0)
     method = build(name, er=er, backbone=cfg.backbone, **options).to(device)
     if name == "deepcluster":  # a filled memory bank and labels, as after the first epoch
-        method.seen.fill_(True)
-        method.memory.copy_(torch.nn.functional.normalize(torch.randn_like(method.memory), dim=-1))
-        method.cluster(0)
+        dc = cast(DeepClusterV2, method)  # what build("deepcluster") returns
+        dc.seen.fill_(True)
+        dc.memory.copy_(torch.nn.functional.normalize(torch.randn_like(dc.memory), dim=-1))
+        dc.cluster(0)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, TrainConfig(method=name, optimizer="lars", lr=0.1))
@@ -168,14 +207,16 @@ def _build(name: str, er: bool, cfg: BenchConfig, n: int, device: torch.device, 
 def _baseline_loader(data: Dataset, batch: int, workers: int, pin: bool):
     from torchvision.transforms import v2
 
-    transform = v2.Compose([
-        v2.RandomResizedCrop(data.images.shape[-1], scale=(0.08, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(CIFAR_MEAN, CIFAR_STD),
-    ])
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(data.images.shape[-1], scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(CIFAR_MEAN, CIFAR_STD),
+        ]
+    )
     images, labels = data.images.cpu(), torch.arange(len(data))
 
     class TwoViews(torch.utils.data.Dataset):
@@ -185,8 +226,15 @@ def _baseline_loader(data: Dataset, batch: int, workers: int, pin: bool):
         def __getitem__(self, i):
             return transform(images[i]), transform(images[i]), labels[i]
 
-    return torch.utils.data.DataLoader(TwoViews(), batch_size=batch, shuffle=True, drop_last=True,
-                                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        TwoViews(),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
 
 
 class _PathRun:
@@ -213,8 +261,9 @@ class _PathRun:
             return next(self.batches)
 
     def step(self, views: list[Tensor], index: Tensor):
-        return train_step(self.model, self.method, self.optimizer, views, index, self.amp, 0.0, 0.5,
-                          channels_last=self.channels_last)
+        return train_step(
+            self.model, self.method, self.optimizer, views, index, self.amp, 0.0, 0.5, channels_last=self.channels_last
+        )
 
     def e2e(self, steps: int) -> None:
         """What the trainer does per step, metrics included (read back once at the end)."""
@@ -230,8 +279,9 @@ class _PathRun:
             self.step(self.fixed_views, self.fixed_index)
 
 
-def _baseline_seconds(name: str, er: bool, cfg: BenchConfig, data: Dataset, loader,
-                      device: torch.device) -> tuple[float, float | None]:
+def _baseline_seconds(
+    name: str, er: bool, cfg: BenchConfig, data: Dataset, loader, device: torch.device
+) -> tuple[float, float | None]:
     """Median seconds per window of the DataLoader baseline, and its peak device memory in GB (CUDA)."""
     method, optimizer = _build(name, er, cfg, len(data), device, channels_last=False)  # fp32, NCHW, eager
     batches = iter(loader)
@@ -264,8 +314,9 @@ def _peak_memory_gb(run: _PathRun, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def _measure_variant(name: str, er: bool, paths: list[str], cfg: BenchConfig, data: Dataset, loader,
-                     device: torch.device) -> list[dict]:
+def _measure_variant(
+    name: str, er: bool, paths: list[str], cfg: BenchConfig, data: Dataset, loader, device: torch.device
+) -> list[dict]:
     runs = [_PathRun(name, er, path, cfg, data, device) for path in paths]
     t_e2e = _interleaved([r.e2e for r in runs], cfg.steps, cfg.repeats, cfg.warmup, device)
     t_model = _interleaved([r.model_only for r in runs], cfg.steps, cfg.repeats, cfg.warmup, device)
@@ -275,17 +326,33 @@ def _measure_variant(name: str, er: bool, paths: list[str], cfg: BenchConfig, da
     images = cfg.batch_size * cfg.steps
     rows = []
     for run, te, tm in zip(runs, t_e2e, t_model):
-        row = {"method": name, "er": er, "path": run.path, "precision": "bf16" if run.amp else "fp32",
-               "channels_last": run.channels_last, "e2e_images_per_s": images / te,
-               "model_only_images_per_s": images / tm, "e2e_over_model_only": tm / te,
-               "e2e_over_reference": t_e2e[0] / te, "step_tflop": flops / 1e12,
-               "e2e_tflops": flops * cfg.steps / te / 1e12, "model_only_tflops": flops * cfg.steps / tm / 1e12,
-               "peak_memory_gb": _peak_memory_gb(run, device), "baseline_images_per_s": None,
-               "baseline_tflops": None, "e2e_over_baseline": None, "baseline_peak_memory_gb": None}
+        row = {
+            "method": name,
+            "er": er,
+            "path": run.path,
+            "precision": "bf16" if run.amp else "fp32",
+            "channels_last": run.channels_last,
+            "e2e_images_per_s": images / te,
+            "model_only_images_per_s": images / tm,
+            "e2e_over_model_only": tm / te,
+            "e2e_over_reference": t_e2e[0] / te,
+            "step_tflop": flops / 1e12,
+            "e2e_tflops": flops * cfg.steps / te / 1e12,
+            "model_only_tflops": flops * cfg.steps / tm / 1e12,
+            "peak_memory_gb": _peak_memory_gb(run, device),
+            "baseline_images_per_s": None,
+            "baseline_tflops": None,
+            "e2e_over_baseline": None,
+            "baseline_peak_memory_gb": None,
+        }
         if base is not None:
             t_base, base_peak = base
-            row.update(baseline_images_per_s=images / t_base, baseline_tflops=flops * cfg.steps / t_base / 1e12,
-                       e2e_over_baseline=t_base / te, baseline_peak_memory_gb=base_peak)
+            row.update(
+                baseline_images_per_s=images / t_base,
+                baseline_tflops=flops * cfg.steps / t_base / 1e12,
+                e2e_over_baseline=t_base / te,
+                baseline_peak_memory_gb=base_peak,
+            )
         rows.append(row)
     return rows
 
@@ -311,34 +378,64 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     results = []
     for name, er in tqdm(variants, disable=not progress, desc="bench"):
         results += _measure_variant(name, er, paths, cfg, data, loader, device)
-    env = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-           "torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-           "allocator_tuned": allocator_tuned, "accel": accel.describe(device)}
+    env = {
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "allocator_tuned": allocator_tuned,
+        "accel": accel.describe(device),
+    }
     return {"environment": env, "config": {**asdict(cfg), "paths": paths}, "results": results}
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of a :func:`run_benchmark` report."""
-    head = ("method", "path", "precision", "layout", "img/s e2e", "x ref", "img/s model", "img/s baseline",
-            "e2e/model", "e2e/base", "TFLOP/s e2e", "peak GB")
+    head = (
+        "method",
+        "path",
+        "precision",
+        "layout",
+        "img/s e2e",
+        "x ref",
+        "img/s model",
+        "img/s baseline",
+        "e2e/model",
+        "e2e/base",
+        "TFLOP/s e2e",
+        "peak GB",
+    )
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     rows = [head]
     for r in report["results"]:
-        rows.append((r["method"] + ("-er" if r["er"] else ""), r["path"], r["precision"],
-                     "channels_last" if r["channels_last"] else "NCHW", f(r["e2e_images_per_s"], ",.0f"),
-                     f(r["e2e_over_reference"], ".2f"), f(r["model_only_images_per_s"], ",.0f"),
-                     f(r["baseline_images_per_s"], ",.0f"), f(r["e2e_over_model_only"], ".2f"),
-                     f(r["e2e_over_baseline"], ".1f"), f(r["e2e_tflops"], ".3f"), f(r["peak_memory_gb"], ".2f")))
+        rows.append(
+            (
+                r["method"] + ("-er" if r["er"] else ""),
+                r["path"],
+                r["precision"],
+                "channels_last" if r["channels_last"] else "NCHW",
+                f(r["e2e_images_per_s"], ",.0f"),
+                f(r["e2e_over_reference"], ".2f"),
+                f(r["model_only_images_per_s"], ",.0f"),
+                f(r["baseline_images_per_s"], ",.0f"),
+                f(r["e2e_over_model_only"], ".2f"),
+                f(r["e2e_over_baseline"], ".1f"),
+                f(r["e2e_tflops"], ".3f"),
+                f(r["peak_memory_gb"], ".2f"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     env, cfg = report["environment"], report["config"]
-    return "\n".join(lines) + (f"\n{env['device']}, torch {env['torch']}, {env['cpu_threads']} CPU threads, batch "
-                               f"{cfg['batch_size']}, medians of {cfg['repeats']} windows of {cfg['steps']} steps; "
-                               f"x ref = e2e over the {cfg['paths'][0]!r} path")
+    return "\n".join(lines) + (
+        f"\n{env['device']}, torch {env['torch']}, {env['cpu_threads']} CPU threads, batch "
+        f"{cfg['batch_size']}, medians of {cfg['repeats']} windows of {cfg['steps']} steps; "
+        f"x ref = e2e over the {cfg['paths'][0]!r} path"
+    )
 
 
 def write_report(report: dict, path: str | Path) -> Path:

@@ -168,23 +168,29 @@ def _check_kappa(kappa: float | Tensor, name: str = "kappa") -> None:
     """A concentration for the estimators: one finite number in (0, KAPPA_MAX], a Python number or a 0-d tensor."""
     if isinstance(kappa, Tensor):
         if kappa.dim() != 0:
-            raise ValueError(f"{name} must be a scalar (a Python number or a 0-d tensor), got a tensor of shape "
-                             f"{tuple(kappa.shape)}; pass one concentration, e.g. {name}=10.0")
+            raise ValueError(
+                f"{name} must be a scalar (a Python number or a 0-d tensor), got a tensor of shape "
+                f"{tuple(kappa.shape)}; pass one concentration, e.g. {name}=10.0"
+            )
         if kappa.dtype == torch.bool or kappa.is_complex():
             raise ValueError(f"{name} must be a real number, got a {kappa.dtype} tensor; pass e.g. {name}=10.0")
         value = float(kappa.detach())
     elif isinstance(kappa, numbers.Real) and not isinstance(kappa, bool):
         value = float(kappa)
     else:
-        raise ValueError(f"{name} must be a real number (a Python number or a 0-d tensor), got "
-                         f"{type(kappa).__name__} {kappa!r}; pass e.g. {name}=10.0")
+        raise ValueError(
+            f"{name} must be a real number (a Python number or a 0-d tensor), got "
+            f"{type(kappa).__name__} {kappa!r}; pass e.g. {name}=10.0"
+        )
     _check_kappa_range(value, name, f"{name}={value!r}")
 
 
 def _check_kappa_range(value: float, name: str, shown: str) -> None:
     if not (math.isfinite(value) and 0 < value <= KAPPA_MAX):
-        raise ValueError(f"{name} must be a finite number in (0, {KAPPA_MAX:g}] (a vMF concentration, "
-                         f"kappa = 1/temperature), got {shown}")
+        raise ValueError(
+            f"{name} must be a finite number in (0, {KAPPA_MAX:g}] (a vMF concentration, "
+            f"kappa = 1/temperature), got {shown}"
+        )
 
 
 def _check_kappa_values(kappa: Tensor, name: str = "kappa") -> None:
@@ -331,8 +337,9 @@ def _reduce(values: Tensor, estimator: str) -> Tensor:
     return (weights * values).sum()
 
 
-def kde_log_density(z: Tensor, kappa: float | Tensor, leave_one_out: bool = False, legacy_constant: bool = False,
-                    check: bool = True) -> Tensor:
+def kde_log_density(
+    z: Tensor, kappa: float | Tensor, leave_one_out: bool = False, legacy_constant: bool = False, check: bool = True
+) -> Tensor:
     r"""Per-sample log-density of the vMF kernel density estimate built on the same batch, :math:`\log\hat p(z_i)`.
 
     .. math:: \hat p(z) = \frac1k\sum_{j=1}^k C_d(\kappa)\,e^{\kappa z^\top z_j}
@@ -345,8 +352,14 @@ def kde_log_density(z: Tensor, kappa: float | Tensor, leave_one_out: bool = Fals
     return -_constant_free_kde(z, kappa, leave_one_out) + log_c
 
 
-def kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe", leave_one_out: bool = False,
-                legacy_constant: bool = False, check: bool = True) -> Tensor:
+def kde_entropy(
+    z: Tensor,
+    kappa: float | Tensor = 10.0,
+    estimator: Estimator = "joe",
+    leave_one_out: bool = False,
+    legacy_constant: bool = False,
+    check: bool = True,
+) -> Tensor:
     r"""Differential entropy of a batch of unit vectors, by a vMF kernel density estimate on the same batch.
 
     With :math:`\ell_i = -\log\hat p(z_i)` (see :func:`kde_log_density`):
@@ -369,8 +382,13 @@ def kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = 
     return _reduce(_constant_free_kde(z, kappa, leave_one_out), estimator) - log_c
 
 
-def relative_kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe",
-                         leave_one_out: bool = False, check: bool = True) -> Tensor:
+def relative_kde_entropy(
+    z: Tensor,
+    kappa: float | Tensor = 10.0,
+    estimator: Estimator = "joe",
+    leave_one_out: bool = False,
+    check: bool = True,
+) -> Tensor:
     r"""KDE entropy without the vMF constant, :math:`\tilde H = \hat H + \log C_d(\kappa)` (the part that moves).
 
     .. math:: \tilde H_{\mathrm{Joe}} = -\frac1k\sum_i \mathrm{LSE}_j(\kappa z_i^\top z_j) + \log k
@@ -386,8 +404,9 @@ def relative_kde_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Est
     return _reduce(_constant_free_kde(z, kappa, leave_one_out), estimator)
 
 
-def normalized_entropy(z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe",
-                       check: bool = True) -> Tensor:
+def normalized_entropy(
+    z: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe", check: bool = True
+) -> Tensor:
     r"""Normalised KDE entropy :math:`\eta\in[0,1]` of a batch of unit vectors (self-term estimator).
 
     .. math:: \eta = \frac{\tilde H + \kappa}{\log k},\qquad
@@ -442,8 +461,9 @@ def conditional_entropy(p: Tensor, check: bool = True) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def vmf_reconstruction(pred: Tensor, target: Tensor, kappa: float | Tensor = 10.0, legacy_constant: bool = False,
-                       check: bool = True) -> Tensor:
+def vmf_reconstruction(
+    pred: Tensor, target: Tensor, kappa: float | Tensor = 10.0, legacy_constant: bool = False, check: bool = True
+) -> Tensor:
     r"""Reconstruction term :math:`\mathbb E[\log q(z_2\mid z_1)]` with a von Mises–Fisher :math:`q`, as a batch mean.
 
     .. math:: \frac1k\sum_i \log\mathrm{vMF}(t_i;\,\mu_i,\kappa)
@@ -484,8 +504,14 @@ def categorical_reconstruction(target_probs: Tensor, pred_logits: Tensor, check:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def er_bound(z1: Tensor, z2: Tensor, kappa: float | Tensor = 10.0, estimator: Estimator = "joe",
-             leave_one_out: bool = False, check: bool = True) -> Tensor:
+def er_bound(
+    z1: Tensor,
+    z2: Tensor,
+    kappa: float | Tensor = 10.0,
+    estimator: Estimator = "joe",
+    leave_one_out: bool = False,
+    check: bool = True,
+) -> Tensor:
     r"""ER estimate of :math:`I(Z_1;Z_2)`: KDE entropy of :math:`Z_2` + vMF reconstruction of :math:`Z_2` from
     :math:`Z_1`.
 
@@ -574,8 +600,9 @@ class GaussianToy:
         r"""The exact marginal entropy :math:`H(Z_2) = \frac d2\log(2\pi e)`."""
         return 0.5 * self.d * math.log(2 * math.pi * math.e)
 
-    def sample(self, k: int, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, k: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> tuple[Tensor, Tensor]:
         """Draw k pairs (z1, z2), each [k, d]."""
         if k < 2:
             raise ValueError(f"k (batch size) must be >= 2, got {k}")

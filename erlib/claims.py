@@ -32,17 +32,50 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 __all__ = [
-    "PASS", "FAIL", "INCONCLUSIVE", "STATUSES", "KNN_KEY", "COLLAPSE_ETA", "SYNTHETIC_DATASET",
-    "RunLike", "RunSpec", "ClaimSpec", "Verdict", "CLAIMS",
-    "epoch_records", "train_records", "last_epoch_record", "epochs_completed", "epoch_series", "monitor_series",
-    "train_series", "value_at_epoch", "final_value", "final_knn", "untrained_knn", "train_epoch_mean",
-    "is_synthetic", "num_prototypes",
-    "c2_byol_entropy_stable", "c3_small_ema", "c4_small_batches", "c5_er_competitive", "c6_clustering_maximises_mi",
-    "c7_dino_centering_sharpening", "c8_infonce_and_er_below_log_k", "c9_batch_size_and_monitor_entropy",
-    "decide", "decide_all", "required_runs", "load_claim_runs", "write_report", "read_report", "format_verdicts",
+    "PASS",
+    "FAIL",
+    "INCONCLUSIVE",
+    "STATUSES",
+    "KNN_KEY",
+    "COLLAPSE_ETA",
+    "SYNTHETIC_DATASET",
+    "RunLike",
+    "RunSpec",
+    "ClaimSpec",
+    "Verdict",
+    "CLAIMS",
+    "epoch_records",
+    "train_records",
+    "last_epoch_record",
+    "epochs_completed",
+    "epoch_series",
+    "monitor_series",
+    "train_series",
+    "value_at_epoch",
+    "final_value",
+    "final_knn",
+    "untrained_knn",
+    "train_epoch_mean",
+    "is_synthetic",
+    "num_prototypes",
+    "c2_byol_entropy_stable",
+    "c3_small_ema",
+    "c4_small_batches",
+    "c5_er_competitive",
+    "c6_clustering_maximises_mi",
+    "c7_dino_centering_sharpening",
+    "c8_infonce_and_er_below_log_k",
+    "c9_batch_size_and_monitor_entropy",
+    "decide",
+    "decide_all",
+    "required_runs",
+    "load_claim_runs",
+    "write_report",
+    "read_report",
+    "format_verdicts",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
@@ -54,8 +87,10 @@ KNN_KEY = "knn200"
 COLLAPSE_ETA = 0.05
 #: ``config["dataset"]`` of the fallback data used when no real images are available.
 SYNTHETIC_DATASET = "synthetic"
-SYNTHETIC_REASON = ("trained on the synthetic fallback dataset (no real images were available), so the numbers show "
-                    "the mechanics, not the paper's claims")
+SYNTHETIC_REASON = (
+    "trained on the synthetic fallback dataset (no real images were available), so the numbers show "
+    "the mechanics, not the paper's claims"
+)
 
 # Method defaults a verdict needs when a run's config leaves them out (config.json holds only the overrides);
 # tests/test_claims.py checks them against erlib.methods.
@@ -118,13 +153,21 @@ class RunSpec:
         options = config.get("method_options") or {}
         for key, value in self.method_options.items():
             if key not in options or options[key] != value:
-                return (f"the run given as {self.name} ({run.path}) has {key}={options.get(key, '<preset default>')}, "
-                        f"not {key}={value}")
+                return (
+                    f"the run given as {self.name} ({run.path}) has {key}={options.get(key, '<preset default>')}, "
+                    f"not {key}={value}"
+                )
         return None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "method": self.method, "er": self.er, "method_options": dict(self.method_options),
-                "batch": self.batch, "required": self.required}
+        return {
+            "name": self.name,
+            "method": self.method,
+            "er": self.er,
+            "method_options": dict(self.method_options),
+            "batch": self.batch,
+            "required": self.required,
+        }
 
 
 @dataclass(frozen=True)
@@ -297,14 +340,15 @@ def is_synthetic(run: RunLike) -> bool:
 
 def num_prototypes(run: RunLike) -> int:
     """K of a clustering or DINO run: ``num_prototypes`` (SwAV; DeepCluster-v2's first head) or ``out_dim`` (DINO)."""
-    method = run.config.get("method")
+    method: Any = run.config.get("method")  # a JSON value from config.json: normally a method name
     options = run.config.get("method_options") or {}
     value = options.get("out_dim" if method == "dino" else "num_prototypes", DEFAULT_NUM_PROTOTYPES.get(method))
     if isinstance(value, (list, tuple)):
         value = value[0]
     if value is None:
-        raise ValueError(f"run {run.path} is a {method} run: it has no categorical head (K); pass a SwAV, "
-                         "DeepCluster or DINO run")
+        raise ValueError(
+            f"run {run.path} is a {method} run: it has no categorical head (K); pass a SwAV, DeepCluster or DINO run"
+        )
     return int(value)
 
 
@@ -346,8 +390,10 @@ class _Decision:
                     else:
                         self.methods.append(method)
             if not self.methods and not self.problems:
-                self.problems.append(f"no runs given; {self.spec.id} needs, for at least one method, the runs "
-                                     f"{[s.name for s in self.spec.runs if s.required]}")
+                self.problems.append(
+                    f"no runs given; {self.spec.id} needs, for at least one method, the runs "
+                    f"{[s.name for s in self.spec.runs if s.required]}"
+                )
         else:
             absent = [s.name for s in self.spec.runs if s.required and s.name not in given]
             if absent:
@@ -361,12 +407,15 @@ class _Decision:
             if wrong:
                 self.problems.append(wrong)
                 self.mismatched = True
-        short = {role: epochs_completed(run) for role, run in given.items()
-                 if epochs_completed(run) < self.spec.min_epochs}
+        short = {
+            role: epochs_completed(run) for role, run in given.items() if epochs_completed(run) < self.spec.min_epochs
+        }
         if short:
             listed = ", ".join(f"{role}: {n}" for role, n in short.items())
-            self.problems.append(f"too short to decide: {self.spec.id} needs runs of at least {self.spec.min_epochs} "
-                                 f"epochs (epochs completed — {listed})")
+            self.problems.append(
+                f"too short to decide: {self.spec.id} needs runs of at least {self.spec.min_epochs} "
+                f"epochs (epochs completed — {listed})"
+            )
 
     @property
     def structurally_complete(self) -> bool:
@@ -392,12 +441,14 @@ class _Decision:
     def verdict(self, passed: bool | None, measured: str | None) -> Verdict:
         """PASS / FAIL from ``passed`` unless a problem makes the claim INCONCLUSIVE."""
         runs = {role: str(run.path) for role, run in self.runs.items() if run is not None}
-        common = dict(claim=self.spec.id, title=self.spec.title, criterion=self.spec.criterion,
-                      numbers=self.numbers, runs=runs)
+        common: dict[str, Any] = dict(
+            claim=self.spec.id, title=self.spec.title, criterion=self.spec.criterion, numbers=self.numbers, runs=runs
+        )
         if self.problems or passed is None:
             reason = "; ".join(self.problems) or "the criterion could not be evaluated"
             sentence = f"Inconclusive: {reason}" + (f" (measured anyway: {measured})." if measured else ".")
             return Verdict(status=INCONCLUSIVE, sentence=sentence, reason=reason, **common)
+        assert measured is not None, "a decided verdict (passed is not None) needs its measured sentence"
         return Verdict(status=PASS if passed else FAIL, sentence=measured[0].upper() + measured[1:] + ".", **common)
 
 
@@ -405,19 +456,24 @@ def _resolve_roles(spec: ClaimSpec, runs: RunLike | Mapping[str, RunLike | None]
     if isinstance(runs, RunLike):
         required = [s.name for s in spec.runs if s.required]
         if len(required) != 1:
-            raise ValueError(f"{spec.id} needs a mapping of role -> Run with the roles {list(spec.roles)}, "
-                             f"got a single run ({runs.path})")
+            raise ValueError(
+                f"{spec.id} needs a mapping of role -> Run with the roles {list(spec.roles)}, "
+                f"got a single run ({runs.path})"
+            )
         return {required[0]: runs}
     if not isinstance(runs, Mapping):
-        raise ValueError(f"runs for {spec.id} must be a Run or a mapping of role -> Run (roles {list(spec.roles)}), "
-                         f"got {type(runs).__name__}")
+        raise ValueError(
+            f"runs for {spec.id} must be a Run or a mapping of role -> Run (roles {list(spec.roles)}), "
+            f"got {type(runs).__name__}"
+        )
     unknown = [role for role in runs if role not in spec.roles]
     if unknown:
         raise ValueError(f"{spec.id} has no run role(s) {unknown}; its roles are {list(spec.roles)}")
     for role, run in runs.items():
         if run is not None and not isinstance(run, RunLike):
-            raise ValueError(f"runs[{role!r}] for {spec.id} must be a Run (path, config, records) or None, "
-                             f"got {type(run).__name__}")
+            raise ValueError(
+                f"runs[{role!r}] for {spec.id} must be a Run (path, config, records) or None, got {type(run).__name__}"
+            )
     return {role: runs.get(role) for role in spec.roles}
 
 
@@ -452,25 +508,34 @@ def c2_byol_entropy_stable(runs: RunLike | Mapping[str, RunLike | None]) -> Verd
     eta_ref = d.need(value_at_epoch(run, C2_ETA_KEY, C2_REF_EPOCH), f"{C2_ETA_KEY} at epoch {C2_REF_EPOCH}")
     cos_ref = d.need(value_at_epoch(run, C2_COSINE_KEY, C2_REF_EPOCH), f"{C2_COSINE_KEY} at epoch {C2_REF_EPOCH}")
     cos_end = d.need(final_value(run, C2_COSINE_KEY), f"{C2_COSINE_KEY} at the last epoch")
-    if None in (eta_ref, cos_ref, cos_end):
+    if eta_ref is None or cos_ref is None or cos_end is None:
         return d.verdict(None, None)
     values = [v for _, v in eta]
     deviation = max(abs(v - eta_ref) for v in values)
     last = epochs_completed(run)
-    d.numbers.update(epochs=last, eta_ref=eta_ref, eta_min=min(values), eta_max=max(values),
-                     eta_max_deviation=deviation, cosine_ref=cos_ref, cosine_final=cos_end,
-                     cosine_rise=cos_end - cos_ref)
+    d.numbers.update(
+        epochs=last,
+        eta_ref=eta_ref,
+        eta_min=min(values),
+        eta_max=max(values),
+        eta_max_deviation=deviation,
+        cosine_ref=cos_ref,
+        cosine_final=cos_end,
+        cosine_rise=cos_end - cos_ref,
+    )
     for key, value in (("knn_untrained", untrained_knn(run)), ("knn_final", final_knn(run))):
         if value is not None:
             d.numbers[key] = value
     stable = deviation <= C2_ETA_BAND and min(values) >= COLLAPSE_ETA
     rises = cos_end - cos_ref >= C2_MIN_COSINE_RISE
-    measured = (f"BYOL's target η on the monitor batch {'stayed' if deviation <= C2_ETA_BAND else 'did not stay'} "
-                f"within ±{C2_ETA_BAND} of its epoch-{C2_REF_EPOCH} value {eta_ref:.3f} (it ranged "
-                f"{min(values):.3f}–{max(values):.3f} over epochs {C2_REF_EPOCH}–{last}"
-                f"{', below the collapse floor' if min(values) < COLLAPSE_ETA else ''}), while the mean cosine "
-                f"between prediction and target went from {cos_ref:.3f} to {cos_end:.3f} "
-                f"({cos_end - cos_ref:+.3f}; the criterion asks for +{C2_MIN_COSINE_RISE})")
+    measured = (
+        f"BYOL's target η on the monitor batch {'stayed' if deviation <= C2_ETA_BAND else 'did not stay'} "
+        f"within ±{C2_ETA_BAND} of its epoch-{C2_REF_EPOCH} value {eta_ref:.3f} (it ranged "
+        f"{min(values):.3f}–{max(values):.3f} over epochs {C2_REF_EPOCH}–{last}"
+        f"{', below the collapse floor' if min(values) < COLLAPSE_ETA else ''}), while the mean cosine "
+        f"between prediction and target went from {cos_ref:.3f} to {cos_end:.3f} "
+        f"({cos_end - cos_ref:+.3f}; the criterion asks for +{C2_MIN_COSINE_RISE})"
+    )
     return d.verdict(stable and rises, measured)
 
 
@@ -518,29 +583,48 @@ def c3_small_ema(runs: Mapping[str, RunLike | None]) -> Verdict:
         eta_er1 = d.need(value_at_epoch(er0, C3_ETA_KEY, 1), f"{C3_ETA_KEY} at epoch 1 of {er0.path}")
         eta_orig0 = d.need(final_value(orig0, C3_ETA_KEY), f"{C3_ETA_KEY} at the last epoch of {orig0.path}")
         eta_hi = d.need(final_value(hi, C3_ETA_KEY), f"{C3_ETA_KEY} at the last epoch of {hi.path}")
-        if None in (knn_er0, knn_orig0, knn_hi, eta_er1, eta_orig0, eta_hi):
+        if (
+            knn_er0 is None
+            or knn_orig0 is None
+            or knn_hi is None
+            or eta_er1 is None
+            or eta_orig0 is None
+            or eta_hi is None
+        ):
             continue
         eta_er_min = min(v for e, v in zip(*epoch_series(er0, C3_ETA_KEY)) if e >= 1)
         gain = knn_er0 - knn_orig0
         stable = eta_er1 >= COLLAPSE_ETA and eta_er_min >= C3_ETA_RETAINED * eta_er1
         hurt = knn_hi - knn_orig0 >= C3_HURT_KNN or eta_hi - eta_orig0 >= C3_HURT_ETA
         ok = gain >= C3_MIN_KNN_GAIN and stable and hurt
-        numbers = dict(tau_base_high=tau_hi if tau_hi is not None else "preset default", knn_er_tau0=knn_er0,
-                       knn_orig_tau0=knn_orig0, knn_gain=gain, eta_er_epoch1=eta_er1, eta_er_min=eta_er_min,
-                       eta_er_min_ratio=eta_er_min / eta_er1 if eta_er1 else 0.0, knn_orig_high=knn_hi,
-                       eta_orig_high=eta_hi, eta_orig_tau0=eta_orig0, original_hurt=hurt, passed=ok)
+        numbers = dict(
+            tau_base_high=tau_hi if tau_hi is not None else "preset default",
+            knn_er_tau0=knn_er0,
+            knn_orig_tau0=knn_orig0,
+            knn_gain=gain,
+            eta_er_epoch1=eta_er1,
+            eta_er_min=eta_er_min,
+            eta_er_min_ratio=eta_er_min / eta_er1 if eta_er1 else 0.0,
+            knn_orig_high=knn_hi,
+            eta_orig_high=eta_hi,
+            eta_orig_tau0=eta_orig0,
+            original_hurt=hurt,
+            passed=ok,
+        )
         er_hi = d.runs.get(f"{method}-er")
         if er_hi is not None and final_knn(er_hi) is not None:
             numbers["knn_er_high"] = final_knn(er_hi)
         d.numbers[method] = numbers
         verdicts.append(ok)
         orig, er = _label(method), _label(method, True)
-        parts.append(f"at τ_base = 0 {er} ended at kNN {_pct(knn_er0)} against {orig}'s {_pct(knn_orig0)} "
-                     f"({_points(gain)}, {100 * C3_MIN_KNN_GAIN:.0f} needed) with its η "
-                     f"{'never falling' if eta_er_min >= C3_ETA_RETAINED * eta_er1 else 'falling'} below "
-                     f"{C3_ETA_RETAINED} × its epoch-1 value {eta_er1:.3f} (lowest {eta_er_min:.3f}), and {orig} "
-                     f"{'was' if hurt else 'was not'} hurt by τ_base = 0 (kNN {_points(knn_orig0 - knn_hi)}, "
-                     f"η {eta_orig0 - eta_hi:+.3f} against the preset's τ_base)")
+        parts.append(
+            f"at τ_base = 0 {er} ended at kNN {_pct(knn_er0)} against {orig}'s {_pct(knn_orig0)} "
+            f"({_points(gain)}, {100 * C3_MIN_KNN_GAIN:.0f} needed) with its η "
+            f"{'never falling' if eta_er_min >= C3_ETA_RETAINED * eta_er1 else 'falling'} below "
+            f"{C3_ETA_RETAINED} × its epoch-1 value {eta_er1:.3f} (lowest {eta_er_min:.3f}), and {orig} "
+            f"{'was' if hurt else 'was not'} hurt by τ_base = 0 (kNN {_points(knn_orig0 - knn_hi)}, "
+            f"η {eta_orig0 - eta_hi:+.3f} against the preset's τ_base)"
+        )
     measured = "; ".join(parts) if parts else None
     return d.verdict(all(verdicts) if verdicts else None, measured)
 
@@ -573,32 +657,57 @@ def c4_small_batches(runs: Mapping[str, RunLike | None]) -> Verdict:
         return d.verdict(None, None)
     parts, holds = [], []
     for method in d.methods:
-        roles = {(er, small): f"{method}{'-er' if er else ''}{'@bs-small' if small else ''}"
-                 for er in (False, True) for small in (False, True)}
+        roles = {
+            (er, small): f"{method}{'-er' if er else ''}{'@bs-small' if small else ''}"
+            for er in (False, True)
+            for small in (False, True)
+        }
         batches = {key: _batch_size(d.run(role)) for key, role in roles.items()}
-        if None in batches.values() or not batches[False, True] < batches[False, False] or (
-                batches[False, True] != batches[True, True] or batches[False, False] != batches[True, False]):
-            d.problems.append(f"{_label(method)}: the batch sizes {({roles[k]: v for k, v in batches.items()})} are "
-                              "not a small batch below the preset's, the same for the original and the ER variant")
+        orig_base, orig_small = batches[False, False], batches[False, True]
+        er_base, er_small = batches[True, False], batches[True, True]
+        if (
+            orig_base is None
+            or orig_small is None
+            or er_base is None
+            or er_small is None
+            or not orig_small < orig_base
+            or (orig_small != er_small or orig_base != er_base)
+        ):
+            d.problems.append(
+                f"{_label(method)}: the batch sizes { ({roles[k]: v for k, v in batches.items()}) } are "
+                "not a small batch below the preset's, the same for the original and the ER variant"
+            )
             continue
-        knn = {key: d.need(final_knn(d.run(role)), f"{KNN_KEY} at the last epoch of {role}")
-               for key, role in roles.items()}
-        if None in knn.values():
+        knn = {
+            key: d.need(final_knn(d.run(role)), f"{KNN_KEY} at the last epoch of {role}") for key, role in roles.items()
+        }
+        knn_orig_base, knn_orig_small = knn[False, False], knn[False, True]
+        knn_er_base, knn_er_small = knn[True, False], knn[True, True]
+        if knn_orig_base is None or knn_orig_small is None or knn_er_base is None or knn_er_small is None:
             continue
-        drop_orig = knn[False, False] - knn[False, True]
-        drop_er = knn[True, False] - knn[True, True]
+        drop_orig = knn_orig_base - knn_orig_small
+        drop_er = knn_er_base - knn_er_small
         holds.append(drop_orig > drop_er)
-        d.numbers[method] = dict(batch_base=batches[False, False], batch_small=batches[False, True],
-                                 knn_orig_base=knn[False, False], knn_orig_small=knn[False, True],
-                                 knn_er_base=knn[True, False], knn_er_small=knn[True, True],
-                                 drop_orig=drop_orig, drop_er=drop_er, holds=holds[-1])
+        d.numbers[method] = dict(
+            batch_base=orig_base,
+            batch_small=orig_small,
+            knn_orig_base=knn_orig_base,
+            knn_orig_small=knn_orig_small,
+            knn_er_base=knn_er_base,
+            knn_er_small=knn_er_small,
+            drop_orig=drop_orig,
+            drop_er=drop_er,
+            holds=holds[-1],
+        )
         parts.append(f"{_label(method)} {_points(-drop_orig)} against {_label(method, True)} {_points(-drop_er)}")
     if not holds:
         return d.verdict(None, None)
     d.numbers.update(methods_holding=sum(holds), methods=len(holds))
     majority = sum(holds) > len(holds) / 2
-    measured = (f"going to the small batch, the originals lost more kNN accuracy than their ER variants for "
-                f"{sum(holds)} of {len(holds)} method(s) ({'; '.join(parts)})")
+    measured = (
+        f"going to the small batch, the originals lost more kNN accuracy than their ER variants for "
+        f"{sum(holds)} of {len(holds)} method(s) ({'; '.join(parts)})"
+    )
     return d.verdict(majority, measured)
 
 
@@ -628,30 +737,41 @@ def c5_er_competitive(runs: Mapping[str, RunLike | None]) -> Verdict:
     parts, gaps, within = [], [], []
     for method in d.methods:
         orig, er = d.run(method), d.run(f"{method}-er")
-        values = [d.need(final_knn(orig), f"{KNN_KEY} at the last epoch of {method}"),
-                  d.need(final_knn(er), f"{KNN_KEY} at the last epoch of {method}-er"),
-                  d.need(untrained_knn(orig), f"{KNN_KEY} at epoch 0 of {method}"),
-                  d.need(untrained_knn(er), f"{KNN_KEY} at epoch 0 of {method}-er")]
-        if None in values:
+        knn_orig = d.need(final_knn(orig), f"{KNN_KEY} at the last epoch of {method}")
+        knn_er = d.need(final_knn(er), f"{KNN_KEY} at the last epoch of {method}-er")
+        knn0_orig = d.need(untrained_knn(orig), f"{KNN_KEY} at epoch 0 of {method}")
+        knn0_er = d.need(untrained_knn(er), f"{KNN_KEY} at epoch 0 of {method}-er")
+        if knn_orig is None or knn_er is None or knn0_orig is None or knn0_er is None:
             continue
-        knn_orig, knn_er, knn0_orig, knn0_er = values
         learned = max(knn_orig - knn0_orig, knn_er - knn0_er) >= C5_MIN_LEARNING
         if not learned:
-            d.problems.append(f"neither {_label(method)} nor {_label(method, True)} learned (final kNN "
-                              f"{_pct(knn_orig)} / {_pct(knn_er)}, untrained {_pct(knn0_orig)} / {_pct(knn0_er)})")
+            d.problems.append(
+                f"neither {_label(method)} nor {_label(method, True)} learned (final kNN "
+                f"{_pct(knn_orig)} / {_pct(knn_er)}, untrained {_pct(knn0_orig)} / {_pct(knn0_er)})"
+            )
         gap = knn_er - knn_orig
         gaps.append(gap)
         within.append(gap >= -C5_MARGIN)
-        d.numbers[method] = dict(knn_orig=knn_orig, knn_er=knn_er, knn_untrained_orig=knn0_orig,
-                                 knn_untrained_er=knn0_er, gap=gap, within_margin=within[-1], learned=learned)
-        parts.append(f"{_label(method, True)} {_pct(knn_er)} against {_label(method)} {_pct(knn_orig)} "
-                     f"({_points(gap)})")
+        d.numbers[method] = dict(
+            knn_orig=knn_orig,
+            knn_er=knn_er,
+            knn_untrained_orig=knn0_orig,
+            knn_untrained_er=knn0_er,
+            gap=gap,
+            within_margin=within[-1],
+            learned=learned,
+        )
+        parts.append(
+            f"{_label(method, True)} {_pct(knn_er)} against {_label(method)} {_pct(knn_orig)} ({_points(gap)})"
+        )
     if not gaps:
         return d.verdict(None, None)
     mean_gap = sum(gaps) / len(gaps)
     d.numbers.update(mean_gap=mean_gap, methods_within=sum(within), methods=len(within))
-    measured = (f"the ER variants ended within {100 * C5_MARGIN:.0f} kNN points of (or above) their originals for "
-                f"{sum(within)} of {len(within)} method(s), {_points(mean_gap)} on average ({'; '.join(parts)})")
+    measured = (
+        f"the ER variants ended within {100 * C5_MARGIN:.0f} kNN points of (or above) their originals for "
+        f"{sum(within)} of {len(within)} method(s), {_points(mean_gap)} on average ({'; '.join(parts)})"
+    )
     return d.verdict(all(within), measured)
 
 
@@ -690,42 +810,56 @@ def c6_clustering_maximises_mi(runs: Mapping[str, RunLike | None]) -> Verdict:
     codes = [v for x, v in zip(*train_series(swav, "marginal_entropy_target")) if x >= 1]
     if not codes:
         d.problems.append("swav has no training record with marginal_entropy_target from epoch 1 on")
-    values = {}
+    values: dict[str, float | None] = {}
     for name, run, key, epoch in [
-            ("swav_ce_ref", swav, "monitor_cross_entropy", C6_CE_REF_EPOCH["swav"]),
-            ("swav_ce_final", swav, "monitor_cross_entropy", None),
-            ("swav_pred_marginal", swav, "monitor_marginal_entropy_pred", None),
-            ("swav_pred_conditional", swav, "monitor_conditional_entropy_pred", None),
-            ("dc_ce_ref", dc, "monitor_cross_entropy", C6_CE_REF_EPOCH["deepcluster"]),
-            ("dc_ce_final", dc, "monitor_cross_entropy", None),
-            ("dc_target_marginal", dc, "monitor_marginal_entropy_target", None),
-            ("dc_target_conditional", dc, "monitor_conditional_entropy_target", None),
-            ("dc_pred_marginal", dc, "monitor_marginal_entropy_pred", None),
-            ("dc_pred_conditional", dc, "monitor_conditional_entropy_pred", None)]:
+        ("swav_ce_ref", swav, "monitor_cross_entropy", C6_CE_REF_EPOCH["swav"]),
+        ("swav_ce_final", swav, "monitor_cross_entropy", None),
+        ("swav_pred_marginal", swav, "monitor_marginal_entropy_pred", None),
+        ("swav_pred_conditional", swav, "monitor_conditional_entropy_pred", None),
+        ("dc_ce_ref", dc, "monitor_cross_entropy", C6_CE_REF_EPOCH["deepcluster"]),
+        ("dc_ce_final", dc, "monitor_cross_entropy", None),
+        ("dc_target_marginal", dc, "monitor_marginal_entropy_target", None),
+        ("dc_target_conditional", dc, "monitor_conditional_entropy_target", None),
+        ("dc_pred_marginal", dc, "monitor_marginal_entropy_pred", None),
+        ("dc_pred_conditional", dc, "monitor_conditional_entropy_pred", None),
+    ]:
         value = final_value(run, key) if epoch is None else value_at_epoch(run, key, epoch)
         where = "the last epoch" if epoch is None else f"epoch {epoch}"
         values[name] = d.need(value, f"{key} at {where} of {run.path}")
     if not codes or None in values.values():
         return d.verdict(None, None)
-    v = values
+    v = cast("dict[str, float]", values)  # every value checked above
     log_k = math.log(k_swav)
     info_pred = v["swav_pred_marginal"] - v["swav_pred_conditional"]
     info_dc = v["dc_target_marginal"] - v["dc_target_conditional"]
     info_dc_pred = v["dc_pred_marginal"] - v["dc_pred_conditional"]
-    d.numbers.update(swav_K=k_swav, swav_code_marginal_min=min(codes), swav_code_marginal_min_over_log_K=min(codes)
-                     / log_k, swav_ce_ref=v["swav_ce_ref"], swav_ce_final=v["swav_ce_final"],
-                     swav_information_pred=info_pred, deepcluster_K=num_prototypes(dc), dc_ce_ref=v["dc_ce_ref"],
-                     dc_ce_final=v["dc_ce_final"], dc_information_clusters=info_dc,
-                     dc_information_pred=info_dc_pred)
-    swav_ok = (min(codes) >= C6_CODE_MARGINAL_FRACTION * log_k and v["swav_ce_final"] < v["swav_ce_ref"]
-               and info_pred >= C6_MIN_INFORMATION)
+    d.numbers.update(
+        swav_K=k_swav,
+        swav_code_marginal_min=min(codes),
+        swav_code_marginal_min_over_log_K=min(codes) / log_k,
+        swav_ce_ref=v["swav_ce_ref"],
+        swav_ce_final=v["swav_ce_final"],
+        swav_information_pred=info_pred,
+        deepcluster_K=num_prototypes(dc),
+        dc_ce_ref=v["dc_ce_ref"],
+        dc_ce_final=v["dc_ce_final"],
+        dc_information_clusters=info_dc,
+        dc_information_pred=info_dc_pred,
+    )
+    swav_ok = (
+        min(codes) >= C6_CODE_MARGINAL_FRACTION * log_k
+        and v["swav_ce_final"] < v["swav_ce_ref"]
+        and info_pred >= C6_MIN_INFORMATION
+    )
     dc_ok = min(info_dc, info_dc_pred) >= C6_MIN_INFORMATION and v["dc_ce_final"] < v["dc_ce_ref"]
-    measured = (f"SwAV's codes kept a marginal entropy of at least {min(codes):.3f} nats = "
-                f"{min(codes) / log_k:.3f} log K (K = {k_swav}) from epoch 1 on, its cross-entropy went from "
-                f"{v['swav_ce_ref']:.3f} to {v['swav_ce_final']:.3f} and its predictions carry I(X;W) = "
-                f"{info_pred:.3f} nats; DeepCluster-v2's clusters carry {info_dc:.3f} nats and its predictions "
-                f"{info_dc_pred:.3f} nats, and its cross-entropy went from {v['dc_ce_ref']:.3f} to "
-                f"{v['dc_ce_final']:.3f}")
+    measured = (
+        f"SwAV's codes kept a marginal entropy of at least {min(codes):.3f} nats = "
+        f"{min(codes) / log_k:.3f} log K (K = {k_swav}) from epoch 1 on, its cross-entropy went from "
+        f"{v['swav_ce_ref']:.3f} to {v['swav_ce_final']:.3f} and its predictions carry I(X;W) = "
+        f"{info_pred:.3f} nats; DeepCluster-v2's clusters carry {info_dc:.3f} nats and its predictions "
+        f"{info_dc_pred:.3f} nats, and its cross-entropy went from {v['dc_ce_ref']:.3f} to "
+        f"{v['dc_ce_final']:.3f}"
+    )
     return d.verdict(swav_ok and dc_ok, measured)
 
 
@@ -760,33 +894,45 @@ def c7_dino_centering_sharpening(runs: Mapping[str, RunLike | None]) -> Verdict:
         d.problems.append("the run given as dino switches centering or sharpening off; it must keep both")
     k = num_prototypes(d.run("dino"))
     log_k = math.log(k)
-    h = {}
+    entropies: dict[str, tuple[float | None, float | None]] = {}
     for name, role in roles.items():
         run = d.run(role)
-        h[name] = (d.need(final_value(run, "monitor_marginal_entropy_target"),
-                          f"monitor_marginal_entropy_target at the last epoch of {role}"),
-                   d.need(final_value(run, "monitor_conditional_entropy_target"),
-                          f"monitor_conditional_entropy_target at the last epoch of {role}"))
-    if any(None in pair for pair in h.values()):
+        entropies[name] = (
+            d.need(
+                final_value(run, "monitor_marginal_entropy_target"),
+                f"monitor_marginal_entropy_target at the last epoch of {role}",
+            ),
+            d.need(
+                final_value(run, "monitor_conditional_entropy_target"),
+                f"monitor_conditional_entropy_target at the last epoch of {role}",
+            ),
+        )
+    if any(None in pair for pair in entropies.values()):
         return d.verdict(None, None)
+    h = cast("dict[str, tuple[float, float]]", entropies)  # every value checked above
     d.numbers["K"] = k
     for name, (marginal, conditional) in h.items():
-        d.numbers[name] = dict(marginal=marginal, conditional=conditional, marginal_over_log_K=marginal / log_k,
-                               conditional_over_log_K=conditional / log_k)
+        d.numbers[name] = dict(
+            marginal=marginal,
+            conditional=conditional,
+            marginal_over_log_K=marginal / log_k,
+            conditional_over_log_K=conditional / log_k,
+        )
     uniform = min(h["centering_only"]) >= C7_UNIFORM_FRACTION * log_k
     dominant = h["sharpening_only"][0] <= C7_DOMINANT_FRACTION * log_k
-    full = (h["both"][0] >= C7_FULL_MARGINAL_FRACTION * log_k
-            and h["both"][1] <= C7_FULL_CONDITIONAL_FRACTION * log_k)
+    full = h["both"][0] >= C7_FULL_MARGINAL_FRACTION * log_k and h["both"][1] <= C7_FULL_CONDITIONAL_FRACTION * log_k
     d.numbers.update(centering_only_uniform=uniform, sharpening_only_dominant=dominant, both_informative=full)
 
     def frac(x: float) -> str:
         return f"{x / log_k:.2f} log K"
 
-    measured = (f"with centering only the teacher's marginal and conditional entropies ended at "
-                f"{frac(h['centering_only'][0])} and {frac(h['centering_only'][1])}, with sharpening only the marginal "
-                f"ended at {frac(h['sharpening_only'][0])}, and with both at a marginal of {frac(h['both'][0])} and a "
-                f"conditional of {frac(h['both'][1])} (K = {k}), so the signatures "
-                f"{'all appeared' if uniform and dominant and full else 'did not all appear'}")
+    measured = (
+        f"with centering only the teacher's marginal and conditional entropies ended at "
+        f"{frac(h['centering_only'][0])} and {frac(h['centering_only'][1])}, with sharpening only the marginal "
+        f"ended at {frac(h['sharpening_only'][0])}, and with both at a marginal of {frac(h['both'][0])} and a "
+        f"conditional of {frac(h['both'][1])} (K = {k}), so the signatures "
+        f"{'all appeared' if uniform and dominant and full else 'did not all appear'}"
+    )
     return d.verdict(uniform and dominant and full, measured)
 
 
@@ -831,15 +977,23 @@ def c8_infonce_and_er_below_log_k(runs: RunLike | Mapping[str, RunLike | None]) 
         excess_train = max(train_values) - math.log(batch)
         excess_monitor = max(monitor_values) - math.log(monitor)
         rise = monitor_values[-1] - monitor_values[0]
-        d.numbers[key] = dict(max_train=max(train_values), log_batch=math.log(batch),
-                              max_monitor=max(monitor_values), log_monitor=math.log(monitor),
-                              monitor_first=monitor_values[0], monitor_first_epoch=epochs[0],
-                              monitor_final=monitor_values[-1], monitor_rise=rise)
+        d.numbers[key] = dict(
+            max_train=max(train_values),
+            log_batch=math.log(batch),
+            max_monitor=max(monitor_values),
+            log_monitor=math.log(monitor),
+            monitor_first=monitor_values[0],
+            monitor_first_epoch=epochs[0],
+            monitor_final=monitor_values[-1],
+            monitor_rise=rise,
+        )
         ok = ok and excess_train <= C8_TOLERANCE and excess_monitor <= C8_TOLERANCE and rise >= C8_MIN_RISE
         name = "InfoNCE" if key == "infonce" else "the ER estimate"
-        parts.append(f"{name} peaked at {max(train_values):.3f} on training batches (log k = {math.log(batch):.3f}) "
-                     f"and {max(monitor_values):.3f} on the monitor batch (log k = {math.log(monitor):.3f}) and rose "
-                     f"from {monitor_values[0]:.3f} to {monitor_values[-1]:.3f} nats")
+        parts.append(
+            f"{name} peaked at {max(train_values):.3f} on training batches (log k = {math.log(batch):.3f}) "
+            f"and {max(monitor_values):.3f} on the monitor batch (log k = {math.log(monitor):.3f}) and rose "
+            f"from {monitor_values[0]:.3f} to {monitor_values[-1]:.3f} nats"
+        )
     if len(parts) < len(C8_KEYS):
         return d.verdict(None, "; ".join(parts) or None)
     return d.verdict(ok, "; ".join(parts))
@@ -871,32 +1025,43 @@ def c9_batch_size_and_monitor_entropy(runs: Mapping[str, RunLike | None]) -> Ver
     base, small = d.run("simclr"), d.run("simclr@bs-small")
     b_base, b_small = _batch_size(base), _batch_size(small)
     if b_base is None or b_small is None or not b_small < b_base:
-        d.problems.append(f"the batch sizes (simclr: {b_base}, simclr@bs-small: {b_small}) are not a small batch "
-                          "below the preset's")
+        d.problems.append(
+            f"the batch sizes (simclr: {b_base}, simclr@bs-small: {b_small}) are not a small batch below the preset's"
+        )
     if base.config.get("monitor_size") != small.config.get("monitor_size"):
-        d.problems.append(f"the monitor batches differ (monitor_size {base.config.get('monitor_size')} and "
-                          f"{small.config.get('monitor_size')}): the monitor η is comparable only on one monitor size")
+        d.problems.append(
+            f"the monitor batches differ (monitor_size {base.config.get('monitor_size')} and "
+            f"{small.config.get('monitor_size')}): the monitor η is comparable only on one monitor size"
+        )
     train_gaps, monitor_gaps = [], []
     for epoch in range(1, min(epochs_completed(base), epochs_completed(small)) + 1):
-        t = [train_epoch_mean(run, C9_ETA_KEY, epoch) for run in (base, small)]
-        m = [value_at_epoch(run, f"monitor_{C9_ETA_KEY}", epoch) for run in (base, small)]
-        if None not in t and None not in m:
-            train_gaps.append(abs(t[0] - t[1]))
-            monitor_gaps.append(abs(m[0] - m[1]))
+        t_base, t_small = [train_epoch_mean(run, C9_ETA_KEY, epoch) for run in (base, small)]
+        m_base, m_small = [value_at_epoch(run, f"monitor_{C9_ETA_KEY}", epoch) for run in (base, small)]
+        if t_base is not None and t_small is not None and m_base is not None and m_small is not None:
+            train_gaps.append(abs(t_base - t_small))
+            monitor_gaps.append(abs(m_base - m_small))
     if not train_gaps:
         d.need(None, f"{C9_ETA_KEY} (training records) and monitor_{C9_ETA_KEY} at a common epoch of both runs")
         return d.verdict(None, None)
     gap_train, gap_monitor = sum(train_gaps) / len(train_gaps), sum(monitor_gaps) / len(monitor_gaps)
-    d.numbers.update(batch_base=b_base, batch_small=b_small, monitor_size=base.config.get("monitor_size"),
-                     epochs_compared=len(train_gaps), train_eta_gap=gap_train, monitor_eta_gap=gap_monitor,
-                     final_train_eta_base=train_epoch_mean(base, C9_ETA_KEY, epochs_completed(base)),
-                     final_train_eta_small=train_epoch_mean(small, C9_ETA_KEY, epochs_completed(small)),
-                     final_monitor_eta_base=final_value(base, f"monitor_{C9_ETA_KEY}"),
-                     final_monitor_eta_small=final_value(small, f"monitor_{C9_ETA_KEY}"))
+    d.numbers.update(
+        batch_base=b_base,
+        batch_small=b_small,
+        monitor_size=base.config.get("monitor_size"),
+        epochs_compared=len(train_gaps),
+        train_eta_gap=gap_train,
+        monitor_eta_gap=gap_monitor,
+        final_train_eta_base=train_epoch_mean(base, C9_ETA_KEY, epochs_completed(base)),
+        final_train_eta_small=train_epoch_mean(small, C9_ETA_KEY, epochs_completed(small)),
+        final_monitor_eta_base=final_value(base, f"monitor_{C9_ETA_KEY}"),
+        final_monitor_eta_small=final_value(small, f"monitor_{C9_ETA_KEY}"),
+    )
     d.numbers = {k: v for k, v in d.numbers.items() if v is not None}
     passed = gap_train >= C9_MIN_TRAIN_GAP and gap_monitor <= C9_MONITOR_RATIO * gap_train
-    measured = (f"the training-batch η of the runs at batch {b_base} and {b_small} differed by {gap_train:.3f} on "
-                f"average over {len(train_gaps)} epoch(s), their monitor-batch η by {gap_monitor:.3f}")
+    measured = (
+        f"the training-batch η of the runs at batch {b_base} and {b_small} differed by {gap_train:.3f} on "
+        f"average over {len(train_gaps)} epoch(s), their monitor-batch η by {gap_monitor:.3f}"
+    )
     return d.verdict(passed, measured)
 
 
@@ -910,30 +1075,88 @@ def _pairs(methods: Iterable[str], **overrides: Any) -> tuple[RunSpec, ...]:
 
 
 CLAIMS: dict[str, ClaimSpec] = {
-    spec.id: spec for spec in [
-        ClaimSpec("C2", "BYOL keeps the entropy stable while the reconstruction rises", C2_CRITERION, C2_MIN_EPOCHS,
-                  (RunSpec("byol"),), c2_byol_entropy_stable),
-        ClaimSpec("C3", "A small EMA coefficient hurts the originals; the ER variants stay stable", C3_CRITERION,
-                  C3_MIN_EPOCHS,
-                  tuple(s for m in C3_METHODS for s in (RunSpec(m), RunSpec(m, True, required=False),
-                                                        RunSpec(m, False, dict(C3_TAU0)),
-                                                        RunSpec(m, True, dict(C3_TAU0)))),
-                  c3_small_ema, per_method=True),
-        ClaimSpec("C4", "Small batches hurt the originals more than the ER variants", C4_CRITERION, C4_MIN_EPOCHS,
-                  tuple(s for m in C4_METHODS for s in _pairs([m]) + _pairs([m], batch="small")),
-                  c4_small_batches, per_method=True),
-        ClaimSpec("C5", "The ER variants are competitive with the originals", C5_CRITERION, C5_MIN_EPOCHS,
-                  _pairs(C5_METHODS), c5_er_competitive, per_method=True),
-        ClaimSpec("C6", "SwAV maximises both terms; DeepCluster-v2's clusters carry information", C6_CRITERION,
-                  C6_MIN_EPOCHS, (RunSpec("swav"), RunSpec("deepcluster")), c6_clustering_maximises_mi),
-        ClaimSpec("C7", "DINO's centering and sharpening control the two entropies", C7_CRITERION, C7_MIN_EPOCHS,
-                  (RunSpec("dino"), RunSpec("dino", False, {"sharpening": False}),
-                   RunSpec("dino", False, {"centering": False})), c7_dino_centering_sharpening),
-        ClaimSpec("C8", "InfoNCE and the ER estimate rise and stay at most log k", C8_CRITERION, C8_MIN_EPOCHS,
-                  (RunSpec("simclr"),), c8_infonce_and_er_below_log_k),
-        ClaimSpec("C9", "Training-batch entropy depends on the batch size; monitor-batch entropy is comparable",
-                  C9_CRITERION, C9_MIN_EPOCHS, (RunSpec("simclr"), RunSpec("simclr", batch="small")),
-                  c9_batch_size_and_monitor_entropy),
+    spec.id: spec
+    for spec in [
+        ClaimSpec(
+            "C2",
+            "BYOL keeps the entropy stable while the reconstruction rises",
+            C2_CRITERION,
+            C2_MIN_EPOCHS,
+            (RunSpec("byol"),),
+            c2_byol_entropy_stable,
+        ),
+        ClaimSpec(
+            "C3",
+            "A small EMA coefficient hurts the originals; the ER variants stay stable",
+            C3_CRITERION,
+            C3_MIN_EPOCHS,
+            tuple(
+                s
+                for m in C3_METHODS
+                for s in (
+                    RunSpec(m),
+                    RunSpec(m, True, required=False),
+                    RunSpec(m, False, dict(C3_TAU0)),
+                    RunSpec(m, True, dict(C3_TAU0)),
+                )
+            ),
+            c3_small_ema,
+            per_method=True,
+        ),
+        ClaimSpec(
+            "C4",
+            "Small batches hurt the originals more than the ER variants",
+            C4_CRITERION,
+            C4_MIN_EPOCHS,
+            tuple(s for m in C4_METHODS for s in _pairs([m]) + _pairs([m], batch="small")),
+            c4_small_batches,
+            per_method=True,
+        ),
+        ClaimSpec(
+            "C5",
+            "The ER variants are competitive with the originals",
+            C5_CRITERION,
+            C5_MIN_EPOCHS,
+            _pairs(C5_METHODS),
+            c5_er_competitive,
+            per_method=True,
+        ),
+        ClaimSpec(
+            "C6",
+            "SwAV maximises both terms; DeepCluster-v2's clusters carry information",
+            C6_CRITERION,
+            C6_MIN_EPOCHS,
+            (RunSpec("swav"), RunSpec("deepcluster")),
+            c6_clustering_maximises_mi,
+        ),
+        ClaimSpec(
+            "C7",
+            "DINO's centering and sharpening control the two entropies",
+            C7_CRITERION,
+            C7_MIN_EPOCHS,
+            (
+                RunSpec("dino"),
+                RunSpec("dino", False, {"sharpening": False}),
+                RunSpec("dino", False, {"centering": False}),
+            ),
+            c7_dino_centering_sharpening,
+        ),
+        ClaimSpec(
+            "C8",
+            "InfoNCE and the ER estimate rise and stay at most log k",
+            C8_CRITERION,
+            C8_MIN_EPOCHS,
+            (RunSpec("simclr"),),
+            c8_infonce_and_er_below_log_k,
+        ),
+        ClaimSpec(
+            "C9",
+            "Training-batch entropy depends on the batch size; monitor-batch entropy is comparable",
+            C9_CRITERION,
+            C9_MIN_EPOCHS,
+            (RunSpec("simclr"), RunSpec("simclr", batch="small")),
+            c9_batch_size_and_monitor_entropy,
+        ),
     ]
 }
 
@@ -1017,13 +1240,19 @@ def write_report(verdicts: Iterable[Verdict], out_dir: str | Path) -> tuple[Path
             raise ValueError(f"write_report takes Verdict objects, got {type(v).__name__}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Claim verdicts", "",
-             "Computed by `erlib.claims` from the run folders named below; the criteria are fixed in the code.", "",
-             "| claim | verdict | criterion | key numbers |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Claim verdicts",
+        "",
+        "Computed by `erlib.claims` from the run folders named below; the criteria are fixed in the code.",
+        "",
+        "| claim | verdict | criterion | key numbers |",
+        "| --- | --- | --- | --- |",
+    ]
     for v in verdicts:
         numbers = ", ".join(f"{k} = {_format_number(x)}" for k, x in _flatten(v.numbers)) or "—"
-        lines.append(f"| {_cell(v.claim)}: {_cell(v.title)} | {_cell(v.status)} | {_cell(v.criterion)} | "
-                     f"{_cell(numbers)} |")
+        lines.append(
+            f"| {_cell(v.claim)}: {_cell(v.title)} | {_cell(v.status)} | {_cell(v.criterion)} | {_cell(numbers)} |"
+        )
     lines += ["", "## What the runs measured", ""]
     for v in verdicts:
         lines.append(f"- **{v.claim} {v.status}**: {v.sentence}")

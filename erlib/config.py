@@ -19,8 +19,15 @@ from erlib.data import DATASETS, Dataset, load_dataset
 from erlib.methods import METHODS, Method, build, config_for
 from erlib.nn import BACKBONES
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTATIONS", "GROUPS", "MULTI_CROP_METHODS",
-           "RUN_NAME_PATTERN"]
+__all__ = [
+    "TrainConfig",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "AUGMENTATIONS",
+    "GROUPS",
+    "MULTI_CROP_METHODS",
+    "RUN_NAME_PATTERN",
+]
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -45,63 +52,130 @@ class TrainConfig:
     """Everything a run needs; :meth:`validate` names the first bad field and its allowed values."""
 
     # data
-    dataset: str = _f("cifar10-jpeg75", "data", "cifar10-jpeg75: the offline CIFAR-10 pack (JPEG q75 copy, see "
-                      "data/README.md); cifar10 / cifar100 / stl10 through torchvision (--download where a network is "
-                      "available); imagefolder: --data-dir with train/ and test/ class folders; synthetic: tests",
-                      DATASETS)
-    data_dir: str = _f("", "data", "folder that holds the dataset (the pack, a torchvision copy or the ImageFolder "
-                       "root); searched first, and only there when given")
+    dataset: str = _f(
+        "cifar10-jpeg75",
+        "data",
+        "cifar10-jpeg75: the offline CIFAR-10 pack (JPEG q75 copy, see "
+        "data/README.md); cifar10 / cifar100 / stl10 through torchvision (--download where a network is "
+        "available); imagefolder: --data-dir with train/ and test/ class folders; synthetic: tests",
+        DATASETS,
+    )
+    data_dir: str = _f(
+        "",
+        "data",
+        "folder that holds the dataset (the pack, a torchvision copy or the ImageFolder "
+        "root); searched first, and only there when given",
+    )
     download: bool = _f(False, "data", "let torchvision download cifar10 / cifar100 / stl10 (needs a network)")
-    train_subset: int = _f(0, "data", "train on a random subset of this many images (0 = all); the notebooks' CPU "
-                           "presets use 2,000-4,000")
-    augmentation: str = _f("", "data", "view recipe: simclr (symmetric: strong colour jitter) or byol (asymmetric: "
-                           "blur 1.0 / 0.1, solarisation 0 / 0.2); empty = the method's own (byol for BYOL and DINO)",
-                           AUGMENTATIONS)
-    local_crops: int = _f(0, "data", "multi-crop: number of extra small crops (SwAV, DINO, DeepCluster-v2 only; SwAV "
-                          "and DINO use 6-10 on ImageNet)")
+    train_subset: int = _f(
+        0, "data", "train on a random subset of this many images (0 = all); the notebooks' CPU presets use 2,000-4,000"
+    )
+    augmentation: str = _f(
+        "",
+        "data",
+        "view recipe: simclr (symmetric: strong colour jitter) or byol (asymmetric: "
+        "blur 1.0 / 0.1, solarisation 0 / 0.2); empty = the method's own (byol for BYOL and DINO)",
+        AUGMENTATIONS,
+    )
+    local_crops: int = _f(
+        0,
+        "data",
+        "multi-crop: number of extra small crops (SwAV, DINO, DeepCluster-v2 only; SwAV and DINO use 6-10 on ImageNet)",
+    )
     # model and method
-    method: str = _f("simclr", "model and method", "the self-supervised method (python -m erlib methods lists them "
-                     "with their options)", tuple(METHODS))
+    method: str = _f(
+        "simclr",
+        "model and method",
+        "the self-supervised method (python -m erlib methods lists them with their options)",
+        tuple(METHODS),
+    )
     er: bool = _f(False, "model and method", "train the method's ER variant (the entropy + reconstruction objective)")
-    method_options: dict = _f(None, "model and method", "method options, e.g. --opt tau_base=0.9 (repeatable); "
-                              "python -m erlib methods NAME lists every option with its default", factory=dict)
-    backbone: str = _f("resnet18_cifar", "model and method", "the encoder; *_cifar variants use a 3x3 stride-1 stem "
-                       "without max-pool (the usual choice for 32 px images); convnet_tiny for CPU teaching runs",
-                       tuple(BACKBONES))
+    method_options: dict = _f(
+        None,
+        "model and method",
+        "method options, e.g. --opt tau_base=0.9 (repeatable); "
+        "python -m erlib methods NAME lists every option with its default",
+        factory=dict,
+    )
+    backbone: str = _f(
+        "resnet18_cifar",
+        "model and method",
+        "the encoder; *_cifar variants use a 3x3 stride-1 stem "
+        "without max-pool (the usual choice for 32 px images); convnet_tiny for CPU teaching runs",
+        tuple(BACKBONES),
+    )
     # optimisation
     epochs: int = _f(100, "optimisation", "training epochs (lightly's CIFAR-10 benchmark: 200; solo-learn: 1000)")
-    batch_size: int = _f(256, "optimisation", "global batch size (split over the processes under torchrun); the "
-                         "batch-level estimators and losses see all of it")
-    optimizer: str = _f("lars", "optimisation", "lars (SimCLR, BYOL, SwAV recipes; adaptive per-layer rate, no "
-                        "decay or adaptation on biases and norms), sgd (DINO with ResNets, small CPU runs), adamw "
-                        "(DINO with ViTs)", OPTIMIZERS)
-    lr: float = _f(0.3, "optimisation", "peak learning rate after warm-up; scale it with the batch: lr = base x batch "
-                   "/ 256 (solo-learn CIFAR bases with LARS: SimCLR 0.4, BYOL 1.0, SwAV 0.6, DINO 0.3; "
-                   "--preset full sets them)")
+    batch_size: int = _f(
+        256,
+        "optimisation",
+        "global batch size (split over the processes under torchrun); the "
+        "batch-level estimators and losses see all of it",
+    )
+    optimizer: str = _f(
+        "lars",
+        "optimisation",
+        "lars (SimCLR, BYOL, SwAV recipes; adaptive per-layer rate, no "
+        "decay or adaptation on biases and norms), sgd (DINO with ResNets, small CPU runs), adamw "
+        "(DINO with ViTs)",
+        OPTIMIZERS,
+    )
+    lr: float = _f(
+        0.3,
+        "optimisation",
+        "peak learning rate after warm-up; scale it with the batch: lr = base x batch "
+        "/ 256 (solo-learn CIFAR bases with LARS: SimCLR 0.4, BYOL 1.0, SwAV 0.6, DINO 0.3; "
+        "--preset full sets them)",
+    )
     min_lr: float = _f(0.0, "optimisation", "learning rate at the end of the cosine decay (SwAV: lr x 1e-3)")
-    weight_decay: float = _f(1e-5, "optimisation", "weight decay on weights (not biases or norms); CIFAR recipes "
-                             "use 1e-6 (SwAV, DeepCluster, DINO) to 1e-5 (SimCLR, BYOL); DINO ViT 0.04")
-    final_weight_decay: float | None = _f(None, "optimisation", "if set, the weight decay follows a cosine from "
-                                          "--weight-decay to this value (DINO ViT: 0.04 -> 0.4); unset = constant")
+    weight_decay: float = _f(
+        1e-5,
+        "optimisation",
+        "weight decay on weights (not biases or norms); CIFAR recipes "
+        "use 1e-6 (SwAV, DeepCluster, DINO) to 1e-5 (SimCLR, BYOL); DINO ViT 0.04",
+    )
+    final_weight_decay: float | None = _f(
+        None,
+        "optimisation",
+        "if set, the weight decay follows a cosine from "
+        "--weight-decay to this value (DINO ViT: 0.04 -> 0.4); unset = constant",
+    )
     momentum: float = _f(0.9, "optimisation", "momentum of SGD and LARS (beta1 is not affected for adamw)")
     grad_clip: float = _f(0.0, "optimisation", "clip the global gradient norm to this value; 0 = off (DINO: 3.0)")
     # schedules
-    warmup_epochs: float = _f(10.0, "schedules", "linear learning-rate warm-up, in epochs (10 in the SimCLR, BYOL, "
-                              "SwAV recipes; shorten it for short runs); then cosine decay to --min-lr")
+    warmup_epochs: float = _f(
+        10.0,
+        "schedules",
+        "linear learning-rate warm-up, in epochs (10 in the SimCLR, BYOL, "
+        "SwAV recipes; shorten it for short runs); then cosine decay to --min-lr",
+    )
     # evaluation
     log_every: int = _f(50, "evaluation", "optimiser steps between training-batch metric records")
-    monitor_size: int = _f(512, "evaluation", "size of the fixed monitor batch whose ER metrics are logged once per "
-                           "epoch: entropy estimates are capped at log k, so curves are comparable only at a fixed k")
-    knn_k: int = _f(200, "evaluation", "neighbours of the weighted kNN accuracy logged per epoch (200 as in "
-                    "InstDisc / MoCo / lightly; k = 20 is logged too)")
+    monitor_size: int = _f(
+        512,
+        "evaluation",
+        "size of the fixed monitor batch whose ER metrics are logged once per "
+        "epoch: entropy estimates are capped at log k, so curves are comparable only at a fixed k",
+    )
+    knn_k: int = _f(
+        200,
+        "evaluation",
+        "neighbours of the weighted kNN accuracy logged per epoch (200 as in "
+        "InstDisc / MoCo / lightly; k = 20 is logged too)",
+    )
     knn_temperature: float = _f(0.1, "evaluation", "temperature t of the kNN vote weights exp(cos / t)")
     knn_every: int = _f(1, "evaluation", "epochs between kNN evaluations (0 = never)")
     knn_train_size: int = _f(0, "evaluation", "training images in the kNN bank (0 = all)")
     knn_test_size: int = _f(0, "evaluation", "test images evaluated by kNN (0 = all)")
     # run
     seed: int = _f(0, "run", "seed of the weights, the batches and the views")
-    precision: str = _f("auto", "run", "auto: bf16 autocast on CUDA, and on the CPU whichever is fastest on this "
-                        "machine; losses and estimators always run in float32", PRECISIONS)
+    precision: str = _f(
+        "auto",
+        "run",
+        "auto: bf16 autocast on CUDA, and on the CPU whichever is fastest on this "
+        "machine; losses and estimators always run in float32",
+        PRECISIONS,
+    )
     channels_last: bool = _f(True, "run", "channels-last memory layout for the backbone where it is faster")
     compile: bool = _f(False, "run", "torch.compile the training step (pays on GPUs over long runs)")
     device: str = _f("auto", "run", "auto (CUDA when available), cpu, cuda or cuda:N")
@@ -125,9 +199,20 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices is not None and getattr(self, f.name) not in choices:
                 raise self._bad(f.name, f"must be one of {choices}")
-        ints = {"epochs": 1, "batch_size": 2, "log_every": 1, "monitor_size": 2, "knn_k": 1, "train_subset": 0,
-                "local_crops": 0, "knn_every": 0, "knn_train_size": 0, "knn_test_size": 0, "checkpoint_every": 0,
-                "seed": 0}
+        ints = {
+            "epochs": 1,
+            "batch_size": 2,
+            "log_every": 1,
+            "monitor_size": 2,
+            "knn_k": 1,
+            "train_subset": 0,
+            "local_crops": 0,
+            "knn_every": 0,
+            "knn_train_size": 0,
+            "knn_test_size": 0,
+            "checkpoint_every": 0,
+            "seed": 0,
+        }
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -139,12 +224,17 @@ class TrainConfig:
         non_negatives = ("min_lr", "weight_decay", "warmup_epochs", "grad_clip")
         for name in positives + non_negatives + ("momentum",):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                    value <= 0 if name in positives else value < 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or (value <= 0 if name in positives else value < 0)
+            ):
                 raise self._bad(name, "must be a finite number " + ("> 0" if name in positives else ">= 0"))
         fwd = self.final_weight_decay
-        if fwd is not None and (isinstance(fwd, bool) or not isinstance(fwd, (int, float)) or not math.isfinite(fwd)
-                                or fwd < 0):
+        if fwd is not None and (
+            isinstance(fwd, bool) or not isinstance(fwd, (int, float)) or not math.isfinite(fwd) or fwd < 0
+        ):
             raise self._bad("final_weight_decay", "must be unset (None) or a finite number >= 0")
         if not self.momentum < 1:
             raise self._bad("momentum", "must lie in [0, 1)")
@@ -155,19 +245,27 @@ class TrainConfig:
         if self.train_subset and self.train_subset < self.batch_size:
             raise self._bad("train_subset", f"must be 0 or at least batch_size ({self.batch_size})")
         if self.local_crops and self.method not in MULTI_CROP_METHODS:
-            raise self._bad("local_crops", f"must be 0 for {self.method}: only {MULTI_CROP_METHODS} use small crops "
-                                           "(the others would compute them and throw them away)")
+            raise self._bad(
+                "local_crops",
+                f"must be 0 for {self.method}: only {MULTI_CROP_METHODS} use small crops "
+                "(the others would compute them and throw them away)",
+            )
         for name in ("data_dir", "out_dir", "name"):
             if not isinstance(getattr(self, name), str):
                 raise self._bad(name, "must be a string")
         if self.name and (not RUN_NAME_PATTERN.fullmatch(self.name) or self.name in (".", "..")):
-            raise self._bad("name", "must be a single folder name (letters, digits and ._@+=,- ; no '/', no leading "
-                                    "dot): the run folder is always created inside out_dir")
+            raise self._bad(
+                "name",
+                "must be a single folder name (letters, digits and ._@+=,- ; no '/', no leading "
+                "dot): the run folder is always created inside out_dir",
+            )
         if not isinstance(self.method_options, dict):
             raise self._bad("method_options", "must be a dict of method config fields")
         reserved = {"er", "backbone"} & set(self.method_options)
         if reserved:
-            raise self._bad("method_options", f"set {sorted(reserved)} with the top-level fields, not in method_options")
+            raise self._bad(
+                "method_options", f"set {sorted(reserved)} with the top-level fields, not in method_options"
+            )
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
             raise self._bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         config_for(self.method, er=self.er, backbone=self.backbone, **self.method_extras(100_000))
@@ -178,8 +276,12 @@ class TrainConfig:
         if self.train_subset > n_train:
             raise self._bad("train_subset", f"exceeds the {n_train} training images of {self.dataset}")
         n = self.train_subset or n_train
-        for name, limit, what in (("batch_size", n, "training images"), ("monitor_size", n, "training images"),
-                                  ("knn_train_size", n, "training images"), ("knn_test_size", n_test, "test images")):
+        for name, limit, what in (
+            ("batch_size", n, "training images"),
+            ("monitor_size", n, "training images"),
+            ("knn_train_size", n, "training images"),
+            ("knn_test_size", n_test, "test images"),
+        ):
             if getattr(self, name) > limit:
                 raise self._bad(name, f"exceeds the {limit} {what} of this run; lower it")
         bank = self.knn_train_size or n

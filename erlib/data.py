@@ -20,8 +20,17 @@ from torch import Tensor
 
 from erlib.fileio import atomic_write, sha256_file
 
-__all__ = ["Dataset", "DATASETS", "load_dataset", "data_search_paths", "find_file", "load_cifar10_pack",
-           "synthetic_dataset", "BatchSampler", "CIFAR10_PACK"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "load_dataset",
+    "data_search_paths",
+    "find_file",
+    "load_cifar10_pack",
+    "synthetic_dataset",
+    "BatchSampler",
+    "CIFAR10_PACK",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10_PACK = "cifar10-jpeg75.npz"
@@ -30,8 +39,10 @@ CIFAR10_PACK_SHA256 = "8e74744329acdbe697d13b183526fb8118762db295a5b115c82b0f051
 CIFAR10_DECODED_SHA256 = {"train": "bf3aabd52be912da", "test": "5a6aa8185204d80b"}
 # first 16 hex digits of sha256 of the labels as uint8 [N] (computed from the pack, whose sha256 is checked)
 CIFAR10_LABELS_SHA256 = {"train": "a29f2a5ffc141bb1", "test": "a054c239a40ee7f2"}
-HOW_TO_GET_PACK = ("Copy the offline pack there (see data/README.md), set ERLIB_DATA_DIR, or use dataset='cifar10' "
-                   "with download=True where a network is available.")
+HOW_TO_GET_PACK = (
+    "Copy the offline pack there (see data/README.md), set ERLIB_DATA_DIR, or use dataset='cifar10' "
+    "with download=True where a network is available."
+)
 
 
 def _labels_digest(labels: np.ndarray) -> str:
@@ -53,8 +64,10 @@ class Dataset:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be [N] with N = {self.images.shape[0]}, got {tuple(self.labels.shape)}")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
-            raise ValueError(f"{self.name}: labels must lie in [0, {len(self.classes)}) for its {len(self.classes)} "
-                             f"classes, got [{int(self.labels.min())}, {int(self.labels.max())}]")
+            raise ValueError(
+                f"{self.name}: labels must lie in [0, {len(self.classes)}) for its {len(self.classes)} "
+                f"classes, got [{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -96,12 +109,14 @@ def _decode_split(pack, split: str) -> np.ndarray:
     header, scans, offsets = bytes(pack["jpeg_header"]), pack[f"{split}_scans"], pack[f"{split}_offsets"]
     out = np.empty((len(offsets) - 1, 32, 32, 3), dtype=np.uint8)
     for i in range(len(offsets) - 1):
-        blob = header + scans[offsets[i]:offsets[i + 1]].tobytes()
+        blob = header + scans[offsets[i] : offsets[i + 1]].tobytes()
         try:
             out[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"image {i} of the {split} split of the pack cannot be decoded ({exc}); the pack is "
-                             "damaged: copy it again") from None
+            raise ValueError(
+                f"image {i} of the {split} split of the pack cannot be decoded ({exc}); the pack is "
+                "damaged: copy it again"
+            ) from None
     return out
 
 
@@ -110,14 +125,18 @@ def _verified_pack(data_dir: str | Path | None) -> Path:
     if data_dir:
         path = Path(data_dir) / CIFAR10_PACK
         if not path.is_file():
-            raise FileNotFoundError(f"data_dir {data_dir} holds neither {CIFAR10_PACK} nor a decoded cache "
-                                    f"{Path(data_dir) / 'cifar10-jpeg75'}/; {HOW_TO_GET_PACK}")
+            raise FileNotFoundError(
+                f"data_dir {data_dir} holds neither {CIFAR10_PACK} nor a decoded cache "
+                f"{Path(data_dir) / 'cifar10-jpeg75'}/; {HOW_TO_GET_PACK}"
+            )
     else:
         path = find_file(CIFAR10_PACK, None, HOW_TO_GET_PACK)
     digest = sha256_file(path)
     if digest != CIFAR10_PACK_SHA256:
-        raise ValueError(f"{path} is corrupt or not the CIFAR-10 pack: sha256 {digest[:16]}…, expected "
-                         f"{CIFAR10_PACK_SHA256[:16]}…; copy it again from the shared data folder")
+        raise ValueError(
+            f"{path} is corrupt or not the CIFAR-10 pack: sha256 {digest[:16]}…, expected "
+            f"{CIFAR10_PACK_SHA256[:16]}…; copy it again from the shared data folder"
+        )
     return path
 
 
@@ -128,15 +147,17 @@ def _decode_pack_to_cache(split: str, path: Path, x_path: Path, y_path: Path, cl
         labels = pack[f"{split}_labels"].astype(np.int64)
         classes = [str(c) for c in pack["classes"]]
     if hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]:
-        raise ValueError(f"decoding {path} ({split}) gave different pixels than the reference; "
-                         "check the Pillow/libjpeg installation")
+        raise ValueError(
+            f"decoding {path} ({split}) gave different pixels than the reference; check the Pillow/libjpeg installation"
+        )
     _atomic_save_npy(x_path, images)
     _atomic_save_npy(y_path, labels)
     atomic_write(classes_path, lambda f: f.write(("\n".join(classes) + "\n").encode()))
 
 
-def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
-                      cache_dir: str | Path | None = None) -> Dataset:
+def load_cifar10_pack(
+    split: str = "train", data_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> Dataset:
     """CIFAR-10 (JPEG q75 copy) from the offline pack: checked by sha256, decoded once, cached as uint8 .npy.
 
     Once decoded, the cache alone suffices (a GPU node may carry only ``data/cache/cifar10-jpeg75/``). With
@@ -156,18 +177,32 @@ def load_cifar10_pack(split: str = "train", data_dir: str | Path | None = None,
         images, labels = np.load(x_path), np.load(y_path)
         classes = classes_path.read_text().split()
     except (OSError, ValueError) as exc:
-        raise ValueError(f"the decoded cache {cache} is damaged ({exc}); delete that folder to decode the pack again"
-                         ) from exc
-    if (images.shape != (len(labels), 32, 32, 3) or len(classes) != 10
-            or hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]):
-        raise ValueError(f"the decoded cache {x_path} does not match the reference checksum; delete {cache} to decode "
-                         "the pack again")
-    if labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9 or (
-            _labels_digest(labels) != CIFAR10_LABELS_SHA256[split]):
-        raise ValueError(f"the decoded labels {y_path} do not match the reference checksum; delete {cache} to decode "
-                         "the pack again")
-    return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                   classes, f"cifar10-jpeg75/{split}")
+        raise ValueError(
+            f"the decoded cache {cache} is damaged ({exc}); delete that folder to decode the pack again"
+        ) from exc
+    if (
+        images.shape != (len(labels), 32, 32, 3)
+        or len(classes) != 10
+        or hashlib.sha256(images.tobytes()).hexdigest()[:16] != CIFAR10_DECODED_SHA256[split]
+    ):
+        raise ValueError(
+            f"the decoded cache {x_path} does not match the reference checksum; delete {cache} to decode the pack again"
+        )
+    if (
+        labels.shape != (len(images),)
+        or labels.min() < 0
+        or labels.max() > 9
+        or (_labels_digest(labels) != CIFAR10_LABELS_SHA256[split])
+    ):
+        raise ValueError(
+            f"the decoded labels {y_path} do not match the reference checksum; delete {cache} to decode the pack again"
+        )
+    return Dataset(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(labels),
+        classes,
+        f"cifar10-jpeg75/{split}",
+    )
 
 
 def synthetic_dataset(n: int = 512, num_classes: int = 4, size: int = 32, seed: int = 0) -> Dataset:
@@ -176,8 +211,12 @@ def synthetic_dataset(n: int = 512, num_classes: int = 4, size: int = 32, seed: 
     labels = torch.arange(n) % num_classes
     palette = torch.rand(num_classes, 3, 1, 1, generator=g)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    stripes = torch.stack([torch.sin((xx * np.cos(a) + yy * np.sin(a)) * 0.8)
-                           for a in torch.linspace(0, np.pi, num_classes + 1)[:-1].tolist()])
+    stripes = torch.stack(
+        [
+            torch.sin((xx * np.cos(a) + yy * np.sin(a)) * 0.8)
+            for a in torch.linspace(0, np.pi, num_classes + 1)[:-1].tolist()
+        ]
+    )
     img = 0.5 * palette[labels] + 0.3 * stripes[labels, None] + 0.25 * torch.rand(n, 3, size, size, generator=g)
     images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return Dataset(images, labels, [f"class{c}" for c in range(num_classes)], f"synthetic{n}")
@@ -196,9 +235,11 @@ def _torchvision_dataset(name: str, split: str, data_dir: str | Path | None, dow
             ds = torchvision.datasets.STL10(str(root), split=split, download=download)
             images, labels, classes = ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels), list(ds.classes)
     except RuntimeError as exc:
-        raise FileNotFoundError(f"{name} ({split}) not found under {root}: {exc}. Pass download=True (--download) "
-                                f"where a network is available, or point data_dir at a torchvision copy"
-                                + ("; offline, use dataset='cifar10-jpeg75'" if name == "cifar10" else "")) from exc
+        raise FileNotFoundError(
+            f"{name} ({split}) not found under {root}: {exc}. Pass download=True (--download) "
+            f"where a network is available, or point data_dir at a torchvision copy"
+            + ("; offline, use dataset='cifar10-jpeg75'" if name == "cifar10" else "")
+        ) from exc
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return Dataset(x, torch.from_numpy(labels.astype(np.int64)), classes, f"{name}/{split}")
 
@@ -223,20 +264,26 @@ def _image_folder(root: str | Path | None, split: str, size: int) -> Dataset:
     from PIL import Image
 
     if root is None:
-        raise ValueError("dataset='imagefolder' needs data_dir pointing at a folder with train/<class>/<image> and "
-                         "test/<class>/<image> files")
+        raise ValueError(
+            "dataset='imagefolder' needs data_dir pointing at a folder with train/<class>/<image> and "
+            "test/<class>/<image> files"
+        )
     for part in ("train", split):
         if not (Path(root) / part).is_dir():
-            raise FileNotFoundError(f"ImageFolder split not found: {Path(root) / part} (expected "
-                                    f"{root}/train/<class>/<images> and {root}/test/<class>/<images>)")
+            raise FileNotFoundError(
+                f"ImageFolder split not found: {Path(root) / part} (expected "
+                f"{root}/train/<class>/<images> and {root}/test/<class>/<images>)"
+            )
     train_classes = list(_class_images(Path(root) / "train"))
     if not train_classes:
         raise FileNotFoundError(f"no images under {Path(root) / 'train'}/<class>/")
     per_class = _class_images(Path(root) / split)
     unknown = sorted(set(per_class) - set(train_classes))
     if unknown:
-        raise ValueError(f"ImageFolder {root}: {split}/ has classes that train/ lacks: {unknown}; every {split} class "
-                         "needs training images (the labels come from train/)")
+        raise ValueError(
+            f"ImageFolder {root}: {split}/ has classes that train/ lacks: {unknown}; every {split} class "
+            "needs training images (the labels come from train/)"
+        )
     if not per_class:
         raise FileNotFoundError(f"no images under {Path(root) / split}/<class>/")
     files = [(f, train_classes.index(cls)) for cls, fs in per_class.items() for f in fs]
@@ -248,16 +295,23 @@ def _image_folder(root: str | Path | None, split: str, size: int) -> Dataset:
             raise ValueError(f"cannot decode image {f} ({exc}); remove or replace it") from None
         side = min(img.size)  # centre square, then resize once: training crops come from this copy
         left, top = (img.width - side) // 2, (img.height - side) // 2
-        images[i] = np.asarray(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
-    return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                   torch.tensor([c for _, c in files]), train_classes, f"imagefolder:{Path(root).name}/{split}")
+        images[i] = np.asarray(
+            img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        )
+    return Dataset(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor([c for _, c in files]),
+        train_classes,
+        f"imagefolder:{Path(root).name}/{split}",
+    )
 
 
 DATASETS = ("cifar10-jpeg75", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = False,
-                 image_size: int = 96) -> Dataset:
+def load_dataset(
+    name: str, split: str = "train", data_dir: str | Path | None = None, download: bool = False, image_size: int = 96
+) -> Dataset:
     """A dataset by name (see :data:`DATASETS`); ``image_size`` only for ImageFolder."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
@@ -277,8 +331,15 @@ class BatchSampler:
     together see exactly the global batch a single process would.
     """
 
-    def __init__(self, n: int, batch_size: int, device: torch.device | str = "cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 2 or batch_size > n:
             raise ValueError(f"batch_size must lie in [2, {n}] (dataset size), got {batch_size}")
         if batch_size % world_size:

@@ -16,8 +16,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "rank", "world_size", "is_main_process", "gather", "all_reduce_mean", "all_reduce_sum",
-           "all_reduce_max"]
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main_process",
+    "gather",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "all_reduce_max",
+]
 
 _GROUP = None
 
@@ -69,7 +77,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=_group())
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def gather(x: Tensor) -> Tensor:

@@ -21,8 +21,14 @@ __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "r
 
 
 @torch.no_grad()
-def extract_features(encoder, images: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                     batch_size: int = 512, amp_dtype: torch.dtype | None = None) -> Tensor:
+def extract_features(
+    encoder,
+    images: Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 512,
+    amp_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Features [N, D] (float32) of uint8 images [N, C, H, W], normalised with ``mean``/``std``, no augmentation."""
     dev = images.device
     m = torch.tensor(mean, device=dev)[None, :, None, None]
@@ -36,16 +42,24 @@ def extract_features(encoder, images: Tensor, mean: tuple[float, ...], std: tupl
 
 
 @torch.no_grad()
-def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
     r"""Weighted kNN class scores [N_test, C]: :math:`\sum_{j\in\text{top-}k(i)} e^{s_{ij}/t}\,\mathbb 1[y_j=c]`,
     :math:`s_{ij}` the cosine similarity."""
     if k < 1 or temperature <= 0:
         raise ValueError(f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     train = F.normalize(train_features.float(), dim=1)
     if k > train.shape[0]:
-        raise ValueError(f"k = {k} exceeds the {train.shape[0]} training features of the kNN bank; lower k or use a "
-                         "larger bank")
+        raise ValueError(
+            f"k = {k} exceeds the {train.shape[0]} training features of the kNN bank; lower k or use a larger bank"
+        )
     scores = []
     for part in F.normalize(test_features.float(), dim=1).split(chunk):
         sim, idx = (part @ train.T).topk(k, dim=1)
@@ -55,15 +69,29 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Ten
     return torch.cat(scores)
 
 
-def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                 num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
+def knn_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
     """Top-1 accuracy of :func:`knn_predict`."""
     pred = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature).argmax(dim=1)
     return (pred == test_labels).float().mean().item()
 
 
-def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                 num_classes: int, weight_decay: float = 1e-4, max_iter: int = 200) -> float:
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    weight_decay: float = 1e-4,
+    max_iter: int = 200,
+) -> float:
     """Top-1 test accuracy of an L2-regularised logistic regression (L-BFGS, float32) on standardised features."""
     mu, sd = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
     xtr, xte = (train_features - mu) / sd, (test_features - mu) / sd
@@ -106,8 +134,9 @@ def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool
     run = load_run(run_dir)
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     train_set, test_set = run.datasets(dev)
     method = run.build_method(dev, weights=False, num_samples=len(train_set))
     ckpt = load_checkpoint(run.checkpoint, map_location=dev)
@@ -118,9 +147,11 @@ def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool
     f_test = extract_features(method.features, test_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
     y_train, y_test, n_cls = train_set.labels, test_set.labels, len(train_set.classes)
     result = {
-        "run": str(run_dir), "epoch": ckpt["epoch"], "dataset": run.config["dataset"],
+        "run": str(run_dir),
+        "epoch": ckpt["epoch"],
+        "dataset": run.config["dataset"],
         "protocol": "frozen backbone features; kNN cosine, weighted exp(s/0.1); linear: L-BFGS logistic regression "
-                    "on standardised features",
+        "on standardised features",
         "knn200": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 200, 0.1),
         "knn20": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 20, 0.1),
         "rankme": rankme(f_test),

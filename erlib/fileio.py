@@ -24,8 +24,9 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file beside ``path``, fsync, set ordinary permissions, rename."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(f)`` (its return value is ignored) on a temporary binary file beside ``path``, fsync, set ordinary
+    permissions, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

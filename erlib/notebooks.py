@@ -30,8 +30,19 @@ from urllib.parse import quote
 
 from erlib.presets import PRESETS  # one list of presets
 
-__all__ = ["NOTEBOOK_DIR", "PRESETS", "NotebookResult", "find_notebooks", "notebook_parameters", "run_notebooks",
-           "parse_value", "summary_table", "render_html", "write_index", "INDEX"]
+__all__ = [
+    "NOTEBOOK_DIR",
+    "PRESETS",
+    "NotebookResult",
+    "find_notebooks",
+    "notebook_parameters",
+    "run_notebooks",
+    "parse_value",
+    "summary_table",
+    "render_html",
+    "write_index",
+    "INDEX",
+]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: The report page of a run folder.
@@ -67,8 +78,10 @@ def find_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_
         return books
     wanted = [o.strip() for o in only if o.strip()]
     if not wanted:
-        raise ValueError(f"--only {','.join(only)!r} names no notebook; give comma-separated prefixes such as "
-                         f"--only 01,02 (available: {', '.join(p.stem for p in books)})")
+        raise ValueError(
+            f"--only {','.join(only)!r} names no notebook; give comma-separated prefixes such as "
+            f"--only 01,02 (available: {', '.join(p.stem for p in books)})"
+        )
     missing = [w for w in wanted if not any(p.name.startswith(w) for p in books)]
     if missing:
         raise ValueError(f"--only: no notebook starts with {missing}; available: {[p.stem for p in books]}")
@@ -85,12 +98,18 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     source = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
     defaults: dict[str, Any] = {}
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) else []
+        targets: list[ast.expr]
+        value: ast.expr | None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign):
+            targets, value = [node.target], node.value
+        else:
+            continue
         for target in targets:
             if isinstance(target, ast.Name):
                 try:
-                    defaults[target.id] = ast.literal_eval(node.value) if node.value is not None else ...
+                    defaults[target.id] = ast.literal_eval(value) if value is not None else ...
                 except ValueError:
                     defaults[target.id] = ...
     return defaults
@@ -135,15 +154,24 @@ def _route_parameters(books: list[Path], parameters: dict[str, Any]) -> dict[Pat
             default = declared[book][key]
             want, got = _kind(default), _kind(value)
             if want is not None and got is not None and want != got:
-                raise ValueError(f"parameter {key!r} of {book.stem} is a {want} (default {default!r}), got "
-                                 f"{value!r} ({got}); pass e.g. -p {key} {default!r}")
+                raise ValueError(
+                    f"parameter {key!r} of {book.stem} is a {want} (default {default!r}), got "
+                    f"{value!r} ({got}); pass e.g. -p {key} {default!r}"
+                )
     return {book: {k: v for k, v in parameters.items() if k in declared[book]} for book in books}
 
 
-def run_notebooks(preset: str = "tiny", only: list[str] | None = None, parameters: dict | None = None,
-                  out_root: Path | str = "runs/notebooks", notebook_dir: Path = NOTEBOOK_DIR,
-                  progress: bool = True, cell_timeout: int = 1800, stream: TextIO | None = None,
-                  render: bool = True) -> list[NotebookResult]:
+def run_notebooks(
+    preset: str = "tiny",
+    only: list[str] | None = None,
+    parameters: dict | None = None,
+    out_root: Path | str = "runs/notebooks",
+    notebook_dir: Path = NOTEBOOK_DIR,
+    progress: bool = True,
+    cell_timeout: int = 1800,
+    stream: TextIO | None = None,
+    render: bool = True,
+) -> list[NotebookResult]:
     """Execute the notebooks with papermill; returns one :class:`NotebookResult` per notebook (failures included).
 
     ``parameters`` go to the notebooks that declare them (each name must be declared by at least one selected
@@ -170,9 +198,17 @@ def run_notebooks(preset: str = "tiny", only: list[str] | None = None, parameter
             print(f"[{i}/{len(books)}] {book.stem} ... ", end="", file=stream, flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(book), str(output), parameters=params, cwd=str(book.parent),
-                                progress_bar=False, log_output=False, kernel_name="python3",
-                                execution_timeout=cell_timeout, extra_arguments=_KERNEL_ARGUMENTS)
+            pm.execute_notebook(
+                str(book),
+                str(output),
+                parameters=params,
+                cwd=str(book.parent),
+                progress_bar=False,
+                log_output=False,
+                kernel_name="python3",
+                execution_timeout=cell_timeout,
+                extra_arguments=_KERNEL_ARGUMENTS,
+            )
             status, error = "ok", ""
         except Exception as exc:  # papermill raises PapermillExecutionError with the failing cell
             status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
@@ -209,8 +245,10 @@ def summary_table(results: list[NotebookResult]) -> str:
 
 _PLOTLY_MIME = "application/vnd.plotly.v1+json"
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-_WIDGET_NOTE = ("<p><em>An interactive widget was here: open the notebook in JupyterLab to use it "
-                "(widgets need a running kernel).</em></p>")
+_WIDGET_NOTE = (
+    "<p><em>An interactive widget was here: open the notebook in JupyterLab to use it "
+    "(widgets need a running kernel).</em></p>"
+)
 
 
 def render_html(notebook: Path | str, html_path: Path | str) -> Path:
@@ -224,20 +262,21 @@ def render_html(notebook: Path | str, html_path: Path | str) -> Path:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
-    nb.metadata.pop("widgets", None)          # no widget manager from a CDN
+    nb.metadata.pop("widgets", None)  # no widget manager from a CDN
     first = True
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             if _PLOTLY_MIME in data:
                 figure = pio.from_json(json.dumps(data.pop(_PLOTLY_MIME)), skip_invalid=True)
-                data["text/html"] = pio.to_html(figure, include_plotlyjs=first, full_html=False,
-                                                config={"displaylogo": False})
+                data["text/html"] = pio.to_html(
+                    figure, include_plotlyjs=first, full_html=False, config={"displaylogo": False}
+                )
                 first = False
             elif _WIDGET_MIME in data:
                 out["data"] = {"text/html": _WIDGET_NOTE}
     exporter = HTMLExporter(template_name="lab")
-    exporter.require_js_url = ""              # plotly.js registers itself as window.Plotly without an AMD loader
+    exporter.require_js_url = ""  # plotly.js registers itself as window.Plotly without an AMD loader
     body, _ = exporter.from_notebook_node(nb)
     path = Path(html_path)
     path.write_text(body, encoding="utf-8")
@@ -248,8 +287,9 @@ def _href(path: Path, root: Path) -> str:
     return quote(Path(path).resolve().relative_to(root.resolve()).as_posix())
 
 
-def write_index(results: list[NotebookResult], run_dir: Path | str, preset: str = "",
-                parameters: dict | None = None) -> Path:
+def write_index(
+    results: list[NotebookResult], run_dir: Path | str, preset: str = "", parameters: dict | None = None
+) -> Path:
     """Write ``index.html`` in ``run_dir``: per notebook its status, minutes, rendered and executed notebook, and
     every figure (a thumbnail of the PNG, linked to the interactive HTML). All links are relative to ``run_dir``."""
     root = Path(run_dir)
@@ -265,15 +305,19 @@ def write_index(results: list[NotebookResult], run_dir: Path | str, preset: str 
         for png in sorted(r.figures.glob("*.png")) if r.figures.is_dir() else []:
             interactive = png.with_suffix(".html")
             target = interactive if interactive.is_file() else png
-            figures.append(f'<figure><a href="{_href(target, root)}"><img src="{_href(png, root)}" '
-                           f'alt="{esc(png.stem)}" loading="lazy"></a><figcaption>{esc(png.stem)} · '
-                           f'<a href="{_href(png, root)}">PNG</a>'
-                           + (f' · <a href="{_href(interactive, root)}">interactive</a>' if interactive.is_file()
-                              else "") + "</figcaption></figure>")
+            figures.append(
+                f'<figure><a href="{_href(target, root)}"><img src="{_href(png, root)}" '
+                f'alt="{esc(png.stem)}" loading="lazy"></a><figcaption>{esc(png.stem)} · '
+                f'<a href="{_href(png, root)}">PNG</a>'
+                + (f' · <a href="{_href(interactive, root)}">interactive</a>' if interactive.is_file() else "")
+                + "</figcaption></figure>"
+            )
         status = f'<span class="{esc(r.status)}">{esc(r.status)}</span>'
         error = f'<div class="error">{esc(r.error)}</div>' if r.error else ""
-        rows.append(f"<section><h2>{esc(r.name)} — {status} <small>{r.minutes:.1f} min</small></h2>{error}"
-                    f"<p>{' · '.join(links)}</p><div class=\"figures\">{''.join(figures)}</div></section>")
+        rows.append(
+            f"<section><h2>{esc(r.name)} — {status} <small>{r.minutes:.1f} min</small></h2>{error}"
+            f'<p>{" · ".join(links)}</p><div class="figures">{"".join(figures)}</div></section>'
+        )
     params = ", ".join(f"{esc(k)} = {esc(repr(v))}" for k, v in (parameters or {}).items())
     summary = f"preset <b>{esc(preset)}</b>" + (f"; parameters: {params}" if params else "") if preset else ""
     page = f"""<!DOCTYPE html>
@@ -289,7 +333,7 @@ figcaption {{ font-size: 0.8em; color: #444; }}
 <h1>erlib notebooks, run {esc(root.name)}</h1>
 <p>{summary}. {sum(r.status == "ok" for r in results)} of {len(results)} notebooks ran. Each figure links to its
 interactive version (plotly, offline); each notebook to its rendered page and the executed <code>.ipynb</code>.</p>
-{''.join(rows)}
+{"".join(rows)}
 </body></html>
 """
     path = root / INDEX

@@ -25,10 +25,22 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["Series", "Panel", "show", "to_plotly", "to_matplotlib", "log_ticks", "PALETTE", "color_for",
-           "METHOD_ORDER", "run_label", "run_series", "runs_panel"]
+__all__ = [
+    "Series",
+    "Panel",
+    "show",
+    "to_plotly",
+    "to_matplotlib",
+    "log_ticks",
+    "PALETTE",
+    "color_for",
+    "METHOD_ORDER",
+    "run_label",
+    "run_series",
+    "runs_panel",
+]
 
 #: A colour-blind-friendly palette (Okabe & Ito, 2008).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -41,7 +53,7 @@ _MPL_DASH = {"solid": "-", "dash": "--", "dot": ":"}
 
 # plotly layout (pixels): plotting area of one panel, reference-label font, legend font
 _PLOT_W, _PLOT_H = 360, 280
-_LABEL_CHARS = 16          # reference labels wrap after this many characters
+_LABEL_CHARS = 16  # reference labels wrap after this many characters
 _LABEL_PX_PER_CHAR, _LEGEND_PX_PER_CHAR, _LEGEND_ROW_PX = 6.2, 6.6, 19
 # matplotlib layout (inches at 8 pt labels): width of one panel's axes
 _MPL_AXES_W, _MPL_AXES_H = 4.2, 3.0
@@ -84,15 +96,18 @@ class Series:
         if self.line_style not in _LINE_STYLES:
             raise ValueError(f"Series {self.name!r}: dash={self.dash!r}; use True/False or one of {_LINE_STYLES}")
         if self.bars and (self.markers or self.band is not None or self.points):
-            raise ValueError(f"Series {self.name!r}: bars=True cannot be combined with markers, points or band; "
-                             "draw those as a second Series")
+            raise ValueError(
+                f"Series {self.name!r}: bars=True cannot be combined with markers, points or band; "
+                "draw those as a second Series"
+            )
         if self.band is not None and not (len(self.band) == 2 and len(self.band[0]) == len(self.band[1]) == n_x):
             raise ValueError(f"Series {self.name!r}: band must be (lower, upper) with {n_x} values each")
         for key in ("bar_colors", "text"):
             values = getattr(self, key)
             if values is not None and len(values) != n_x:
-                raise ValueError(f"Series {self.name!r}: {key} has {len(values)} entries for {n_x} points; "
-                                 "give one per point")
+                raise ValueError(
+                    f"Series {self.name!r}: {key} has {len(values)} entries for {n_x} points; give one per point"
+                )
 
     @property
     def line_style(self) -> str:
@@ -126,8 +141,10 @@ class Panel:
         if self.ylim is not None:
             lo, hi = self.ylim
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) or (self.logy and lo <= 0):
-                raise ValueError(f"Panel {self.title!r}: ylim={self.ylim!r}; give (low, high) with low < high"
-                                 + (" and low > 0 on a log axis" if self.logy else ""))
+                raise ValueError(
+                    f"Panel {self.title!r}: ylim={self.ylim!r}; give (low, high) with low < high"
+                    + (" and low > 0 on a log axis" if self.logy else "")
+                )
         if any(s.bars for s in self.series) and self.logx:
             raise ValueError(f"Panel {self.title!r}: bars on a log x-axis; set logx=False")
 
@@ -140,6 +157,7 @@ class Panel:
 # ----------------------------------------------------------------------------------------------------------------------
 # Layout shared by both renderings
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def _as_list(x) -> list:
     values = x.tolist() if hasattr(x, "tolist") else list(x)
@@ -193,8 +211,10 @@ def _y_ranges(panels: Sequence[Panel], sharey: bool) -> list[tuple[float, float]
     extents = [_data_extent(p) for p in panels]
     tops = [0.12 if any(s.bars and s.text for s in p.series) else 0.05 for p in panels]  # room for bar labels
     if not sharey:
-        return [tuple(p.ylim) if p.ylim is not None else _padded(*e, p.logy, top) if e else None
-                for p, e, top in zip(panels, extents, tops)]
+        return [
+            (p.ylim[0], p.ylim[1]) if p.ylim is not None else _padded(*e, p.logy, top) if e else None
+            for p, e, top in zip(panels, extents, tops)
+        ]
     free = [e for p, e in zip(panels, extents) if p.ylim is None and e is not None]
     ranges = [tuple(p.ylim) for p in panels if p.ylim is not None]
     if free:
@@ -232,9 +252,9 @@ def _spread(fracs: Sequence[float], heights: Sequence[float]) -> list[float]:
     they do not overlap, kept inside [0, 1] where they fit."""
     order = sorted(range(len(fracs)), key=lambda i: fracs[i])
     pos = {i: fracs[i] for i in order}
-    for a, b in zip(order, order[1:]):                     # push up
+    for a, b in zip(order, order[1:]):  # push up
         pos[b] = max(pos[b], pos[a] + (heights[a] + heights[b]) / 2)
-    if order and pos[order[-1]] > 1:                         # the top one ran out: push back down
+    if order and pos[order[-1]] > 1:  # the top one ran out: push back down
         pos[order[-1]] = 1.0
         for a, b in zip(order[::-1], order[::-1][1:]):
             pos[b] = min(pos[b], pos[a] - (heights[a] + heights[b]) / 2)
@@ -258,7 +278,7 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 9) -> list[float]:
         if len(ticks) >= 3:
             break
     if len(ticks) > max_ticks and all(math.log10(t).is_integer() for t in ticks):
-        step = math.ceil(len(ticks) / max_ticks)          # every step-th power of ten, at round exponents
+        step = math.ceil(len(ticks) / max_ticks)  # every step-th power of ten, at round exponents
         ticks = [t for t in ticks if round(math.log10(t)) % step == 0]
     while len(ticks) > max_ticks:
         ticks = ticks[::2]
@@ -310,6 +330,7 @@ def _legend_entries(panel: Panel) -> list[tuple[Series, str]]:
 # plotly
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 def _grid(n: int, columns: int | None) -> tuple[int, int]:
     """(rows, columns) of a figure of n panels: ``columns`` per row (default: up to two)."""
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
@@ -330,22 +351,32 @@ def to_plotly(panels: Panel | Sequence[Panel], title: str = "", sharey: bool = F
     n_rows, n_cols = _grid(n, columns)
     hlines = [_visible_hlines(p, r) for p, r in zip(panels, ranges)]
     labels = [[_wrap(lbl, _LABEL_CHARS) for _, lbl in lines] for lines in hlines]
-    label_px = [max((len(row) for lbl in lbls for row in lbl), default=0) * _LABEL_PX_PER_CHAR + 14 if lbls else 0
-                for lbls in labels]
+    label_px = [
+        max((len(row) for lbl in lbls for row in lbl), default=0) * _LABEL_PX_PER_CHAR + 14 if lbls else 0
+        for lbls in labels
+    ]
     last_col = [i % n_cols == n_cols - 1 or i == n - 1 for i in range(n)]
     gap_w = max((px for px, last in zip(label_px, last_col) if not last), default=0) + 80
     legend_chars = int((_PLOT_W - 40) / _LEGEND_PX_PER_CHAR)
     legend_rows = [sum(len(_wrap(s.name, legend_chars)) for s, _ in _legend_entries(p)) for p in panels]
-    below = [62 + max(legend_rows[r * n_cols:(r + 1) * n_cols]) * _LEGEND_ROW_PX + 10 for r in range(n_rows)]
-    gap_h = max(below[:-1], default=0) + 45                  # axis, legend, then the next row's subplot titles
-    margin = dict(l=70, r=max(px for px, last in zip(label_px, last_col) if last) + 20, t=90 if title else 60,
-                  b=below[-1])
+    below = [62 + max(legend_rows[r * n_cols : (r + 1) * n_cols]) * _LEGEND_ROW_PX + 10 for r in range(n_rows)]
+    gap_h = max(below[:-1], default=0) + 45  # axis, legend, then the next row's subplot titles
+    margin = dict(
+        l=70, r=max(px for px, last in zip(label_px, last_col) if last) + 20, t=90 if title else 60, b=below[-1]
+    )
     paper_w = n_cols * _PLOT_W + (n_cols - 1) * gap_w
     paper_h = n_rows * _PLOT_H + (n_rows - 1) * gap_h
-    specs = [[{} if r * n_cols + c < n else None for c in range(n_cols)] for r in range(n_rows)]
-    fig = make_subplots(rows=n_rows, cols=n_cols, specs=specs, subplot_titles=[p.title for p in panels],
-                        horizontal_spacing=gap_w / paper_w if n_cols > 1 else 0.2,
-                        vertical_spacing=gap_h / paper_h if n_rows > 1 else 0.3)
+    specs: list[list[dict | None]] = [
+        [{} if r * n_cols + c < n else None for c in range(n_cols)] for r in range(n_rows)
+    ]
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        specs=specs,
+        subplot_titles=[p.title for p in panels],
+        horizontal_spacing=gap_w / paper_w if n_cols > 1 else 0.2,
+        vertical_spacing=gap_h / paper_h if n_rows > 1 else 0.3,
+    )
     for index, (panel, yrange) in enumerate(zip(panels, ranges)):
         row, col = index // n_cols + 1, index % n_cols + 1
         suffix = "" if index == 0 else str(index + 1)
@@ -354,28 +385,69 @@ def to_plotly(panels: Panel | Sequence[Panel], title: str = "", sharey: bool = F
             x, y = _as_list(s.x), _as_list(s.y)
             name = "<br>".join(_wrap(s.name, legend_chars))
             if s.bars:
-                fig.add_trace(go.Bar(x=[str(v) for v in x], y=y, name=name, legend=legend, showlegend=bool(s.name),
-                                     marker=dict(color=list(s.bar_colors) if s.bar_colors else color,
-                                                 line=dict(color="#222222", width=0.8),
-                                                 pattern=dict(shape="/" if s.hatch else "")),
-                                     text=list(s.text) if s.text is not None else None, textposition="outside",
-                                     cliponaxis=False), row=row, col=col)
+                fig.add_trace(
+                    go.Bar(
+                        x=[str(v) for v in x],
+                        y=y,
+                        name=name,
+                        legend=legend,
+                        showlegend=bool(s.name),
+                        marker=dict(
+                            color=list(s.bar_colors) if s.bar_colors else color,
+                            line=dict(color="#222222", width=0.8),
+                            pattern=dict(shape="/" if s.hatch else ""),
+                        ),
+                        text=list(s.text) if s.text is not None else None,
+                        textposition="outside",
+                        cliponaxis=False,
+                    ),
+                    row=row,
+                    col=col,
+                )
                 continue
             if s.band is not None:
                 lo, hi = _as_list(s.band[0]), _as_list(s.band[1])
-                fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color,
-                                         opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False,
-                                         legend=legend), row=row, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=x + x[::-1],
+                        y=hi + lo[::-1],
+                        fill="toself",
+                        fillcolor=color,
+                        opacity=0.2,
+                        line=dict(width=0),
+                        hoverinfo="skip",
+                        showlegend=False,
+                        legend=legend,
+                    ),
+                    row=row,
+                    col=col,
+                )
             mode = "markers" if s.markers else "lines+markers" if s.points else "lines"
-            fig.add_trace(go.Scatter(x=x, y=y, name=name, mode=mode, legend=legend, showlegend=bool(s.name),
-                                     text=list(s.text) if s.text is not None else None,
-                                     line=dict(color=color, dash=s.line_style, width=2),
-                                     marker=dict(color=color, size=5 if s.markers else 6)), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    name=name,
+                    mode=mode,
+                    legend=legend,
+                    showlegend=bool(s.name),
+                    text=list(s.text) if s.text is not None else None,
+                    line=dict(color=color, dash=s.line_style, width=2),
+                    marker=dict(color=color, size=5 if s.markers else 6),
+                ),
+                row=row,
+                col=col,
+            )
         _plotly_reference_lines(fig, suffix, panel, yrange, hlines[index], labels[index])
         xticks = _axis_ticks(panel, "x", yrange)
         yticks = _axis_ticks(panel, "y", yrange)
-        fig.update_xaxes(title_text=panel.xlabel, type="log" if panel.logx else None, row=row, col=col,
-                         **({"tickvals": xticks, "ticktext": [_tick_label(v) for v in xticks]} if xticks else {}))
+        fig.update_xaxes(
+            title_text=panel.xlabel,
+            type="log" if panel.logx else None,
+            row=row,
+            col=col,
+            **({"tickvals": xticks, "ticktext": [_tick_label(v) for v in xticks]} if xticks else {}),
+        )
         yaxis: dict = {"title_text": panel.ylabel, "type": "log" if panel.logy else None}
         if yticks:
             yaxis.update(tickvals=yticks, ticktext=[_tick_label(v) for v in yticks])
@@ -385,19 +457,47 @@ def to_plotly(panels: Panel | Sequence[Panel], title: str = "", sharey: bool = F
         if panel.equal_aspect:
             fig.update_yaxes(scaleanchor=f"x{suffix}", scaleratio=1, row=row, col=col)
         x_domain, y_domain = fig.layout[f"xaxis{suffix}"].domain, fig.layout[f"yaxis{suffix}"].domain
-        fig.update_layout({legend: dict(x=(x_domain[0] + x_domain[1]) / 2, xanchor="center", xref="paper",
-                                        y=y_domain[0] - 62 / paper_h, yanchor="top", yref="paper", orientation="v",
-                                        bgcolor="rgba(0,0,0,0)", font=dict(size=11))})
-    fig.update_layout(title=title, template="plotly_white", height=margin["t"] + paper_h + margin["b"],
-                      width=margin["l"] + paper_w + margin["r"], margin=margin, barmode="group", bargap=0.25)
+        fig.update_layout(
+            {
+                legend: dict(
+                    x=(x_domain[0] + x_domain[1]) / 2,
+                    xanchor="center",
+                    xref="paper",
+                    y=y_domain[0] - 62 / paper_h,
+                    yanchor="top",
+                    yref="paper",
+                    orientation="v",
+                    bgcolor="rgba(0,0,0,0)",
+                    font=dict(size=11),
+                )
+            }
+        )
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=margin["t"] + paper_h + margin["b"],
+        width=margin["l"] + paper_w + margin["r"],
+        margin=margin,
+        barmode="group",
+        bargap=0.25,
+    )
     return fig
 
 
-def _plotly_reference_lines(fig, suffix: str, panel: Panel, yrange, lines, labels) -> None:
+def _plotly_reference_lines(fig, suffix: str, panel: Panel, yrange: tuple[float, float] | None, lines, labels) -> None:
     """Dotted lines above the data; labels in the right margin, moved apart where they would overlap."""
     for y, _ in lines:
-        fig.add_shape(type="line", xref=f"x{suffix} domain", x0=0, x1=1, yref=f"y{suffix}", y0=y, y1=y,
-                      layer="above", line=dict(color=REFERENCE_COLOR, dash="dot", width=1.3))
+        fig.add_shape(
+            type="line",
+            xref=f"x{suffix} domain",
+            x0=0,
+            x1=1,
+            yref=f"y{suffix}",
+            y0=y,
+            y1=y,
+            layer="above",
+            line=dict(color=REFERENCE_COLOR, dash="dot", width=1.3),
+        )
     if not lines:
         return
     row_px = 13
@@ -408,14 +508,26 @@ def _plotly_reference_lines(fig, suffix: str, panel: Panel, yrange, lines, label
     else:
         shifts = [0.0] * len(lines)
     for (y, _), lbl, shift in zip(lines, labels, shifts):
-        fig.add_annotation(xref=f"x{suffix} domain", x=1, xanchor="left", xshift=6, yref=f"y{suffix}",
-                           y=math.log10(y) if panel.logy else y, yshift=shift, yanchor="middle", showarrow=False,
-                           text="<br>".join(lbl), align="left", font=dict(size=10, color=REFERENCE_COLOR))
+        fig.add_annotation(
+            xref=f"x{suffix} domain",
+            x=1,
+            xanchor="left",
+            xshift=6,
+            yref=f"y{suffix}",
+            y=math.log10(y) if panel.logy else y,
+            yshift=shift,
+            yanchor="middle",
+            showarrow=False,
+            text="<br>".join(lbl),
+            align="left",
+            font=dict(size=10, color=REFERENCE_COLOR),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # matplotlib
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def to_matplotlib(panels: Panel | Sequence[Panel], title: str = "", sharey: bool = False, columns: int | None = None):
     """The panels as one matplotlib figure (for PNG/PDF export), in the grid of :func:`to_plotly`; ``sharey`` gives
@@ -433,11 +545,15 @@ def to_matplotlib(panels: Panel | Sequence[Panel], title: str = "", sharey: bool
     labels = ["\n".join(_wrap(lbl, _LABEL_CHARS)) for lines in hlines for _, lbl in lines]
     label_in = 0.08 + 0.062 * max((len(row) for lbl in labels for row in lbl.split("\n")), default=0)
     n_rows, n_cols = _grid(len(panels), columns)
-    fig, grid = plt.subplots(n_rows, n_cols, figsize=(n_cols * (_MPL_AXES_W + 0.9 + (label_in if labels else 0)),
-                                                      4.0 * n_rows), squeeze=False)
+    fig, grid = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(n_cols * (_MPL_AXES_W + 0.9 + (label_in if labels else 0)), 4.0 * n_rows),
+        squeeze=False,
+    )
     cells = [ax for row in grid for ax in row]
-    axes = cells[:len(panels)]
-    for unused in cells[len(panels):]:
+    axes = cells[: len(panels)]
+    for unused in cells[len(panels) :]:
         fig.delaxes(unused)
     for ax, panel, yrange in zip(axes, panels, ranges):
         _mpl_draw_series(ax, panel)
@@ -477,24 +593,46 @@ def _mpl_draw_series(ax, panel: Panel) -> None:
         if s.bars:
             j = bar_series.index(s)
             pos = [v + (j - (len(bar_series) - 1) / 2) * width for v in x]
-            ax.bar(pos, y, width, color=list(s.bar_colors) if s.bar_colors else color, label=s.name or None,
-                   hatch="//" if s.hatch else None, edgecolor="#222222", lw=0.6, zorder=2)
+            ax.bar(
+                pos,
+                y,
+                width,
+                color=list(s.bar_colors) if s.bar_colors else color,
+                label=s.name or None,
+                hatch="//" if s.hatch else None,
+                edgecolor="#222222",
+                lw=0.6,
+                zorder=2,
+            )
             for px, py, t in zip(pos, y, s.text or []):
                 if math.isfinite(py):
-                    ax.annotate(t, (px, py), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                                fontsize=7)
+                    ax.annotate(
+                        t, (px, py), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7
+                    )
             continue
         if s.band is not None:
             ax.fill_between(x, _as_list(s.band[0]), _as_list(s.band[1]), color=color, alpha=0.2, lw=0)
         if s.markers:
             ax.scatter(x, y, s=8, color=color, label=s.name or None, zorder=3)
         else:
-            ax.plot(x, y, color=color, ls=_MPL_DASH[s.line_style], label=s.name or None, lw=1.8,
-                    marker="o" if s.points else None, ms=4, zorder=3)
+            ax.plot(
+                x,
+                y,
+                color=color,
+                ls=_MPL_DASH[s.line_style],
+                label=s.name or None,
+                lw=1.8,
+                marker="o" if s.points else None,
+                ms=4,
+                zorder=3,
+            )
     if cats:
         ax.set_xticks(range(len(cats)))
-        ax.set_xticklabels(cats, rotation=20 if max(len(c) for c in cats) > 6 else 0,
-                           ha="right" if max(len(c) for c in cats) > 6 else "center")
+        ax.set_xticklabels(
+            cats,
+            rotation=20 if max(len(c) for c in cats) > 6 else 0,
+            ha="right" if max(len(c) for c in cats) > 6 else "center",
+        )
         ax.set_xlim(-0.6, len(cats) - 0.4)
 
 
@@ -508,7 +646,7 @@ def _mpl_layout(fig, axes, panels: Sequence[Panel], hlines, n_cols: int) -> None
     dpi = fig.dpi
     for ax, panel, lines in zip(axes, panels, hlines):
         _mpl_reference_labels(ax, panel, lines, renderer)
-    legends = []
+    legends: list[Any] = []  # matplotlib Legend (untyped) or None
     for ax, panel in zip(axes, panels):
         handles, names = _mpl_legend_handles(ax, panel)
         if not handles:
@@ -517,26 +655,36 @@ def _mpl_layout(fig, axes, panels: Sequence[Panel], hlines, n_cols: int) -> None
         below = (ax.bbox.y0 - ax.xaxis.get_tightbbox(renderer).y0) / dpi + 0.06
         anchor = ax.transAxes + ScaledTranslation(0, -below, fig.dpi_scale_trans)
         axes_px = ax.bbox.width
-        legend = None
+        legend: Any = None  # a matplotlib Legend once the loop ran (always: handles is not empty)
         for wrap in (None, 48, 36, 28, 20):
             shown = names if wrap is None else ["\n".join(_wrap(t, wrap)) for t in names]
             for ncol in range(min(len(handles), 3), 0, -1):
                 if legend is not None:
                     legend.remove()
-                legend = ax.legend(handles, shown, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=ncol,
-                                   bbox_transform=anchor, fontsize=8, frameon=False, handlelength=2.6,
-                                   columnspacing=1.2, borderaxespad=0)
+                legend = ax.legend(
+                    handles,
+                    shown,
+                    loc="upper center",
+                    bbox_to_anchor=(0.5, 0),
+                    ncol=ncol,
+                    bbox_transform=anchor,
+                    fontsize=8,
+                    frameon=False,
+                    handlelength=2.6,
+                    columnspacing=1.2,
+                    borderaxespad=0,
+                )
                 if legend.get_window_extent(renderer).width <= axes_px:
                     break
             if legend.get_window_extent(renderer).width <= axes_px:
                 break
         legends.append(legend)
     heights = [lg.get_window_extent(renderer).height / dpi if lg is not None else 0.0 for lg in legends]
-    extra = sum(max(heights[r:r + n_cols]) for r in range(0, len(heights), n_cols))   # the tallest legend of each row
+    extra = sum(max(heights[r : r + n_cols]) for r in range(0, len(heights), n_cols))  # the tallest legend of each row
     fig.set_figheight(fig.get_figheight() + extra)
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
-    for ax, panel, lines in zip(axes, panels, hlines):    # the axes moved: place the labels again
+    for ax, panel, lines in zip(axes, panels, hlines):  # the axes moved: place the labels again
         for text in [t for t in ax.texts if getattr(t, "_erlib_reference", False)]:
             text.remove()
         _mpl_reference_labels(ax, panel, lines, renderer)
@@ -561,11 +709,21 @@ def _mpl_reference_labels(ax, panel: Panel, lines, renderer) -> None:
     lo, hi = ax.get_ylim()
     fracs = [_frac(y, lo, hi, panel.logy) for y, _ in lines]
     texts = ["\n".join(_wrap(lbl, _LABEL_CHARS)) for _, lbl in lines]
-    row = 8 * 1.25 * ax.figure.dpi / 72 / max(ax.bbox.height, 1.0)     # one 8 pt line as a fraction of the axes
+    row = 8 * 1.25 * ax.figure.dpi / 72 / max(ax.bbox.height, 1.0)  # one 8 pt line as a fraction of the axes
     heights = [(t.count("\n") + 1) * row for t in texts]
     for text, frac in zip(texts, _spread(fracs, heights)):
-        label = ax.annotate(text, xy=(1, frac), xycoords="axes fraction", xytext=(5, 0), textcoords="offset points",
-                            ha="left", va="center", fontsize=8, color=REFERENCE_COLOR, annotation_clip=False)
+        label = ax.annotate(
+            text,
+            xy=(1, frac),
+            xycoords="axes fraction",
+            xytext=(5, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=8,
+            color=REFERENCE_COLOR,
+            annotation_clip=False,
+        )
         label._erlib_reference = True
 
 
@@ -580,8 +738,15 @@ def _in_ipython() -> bool:
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def show(panels: Panel | Sequence[Panel], name: str, output_dir: str | Path | None = None, title: str = "",
-         display: bool = True, sharey: bool = False, columns: int | None = None) -> dict[str, Path]:
+def show(
+    panels: Panel | Sequence[Panel],
+    name: str,
+    output_dir: str | Path | None = None,
+    title: str = "",
+    display: bool = True,
+    sharey: bool = False,
+    columns: int | None = None,
+) -> dict[str, Path]:
     """Display the figure (plotly, inside IPython) and save ``name.png`` and ``name.html`` under ``output_dir``.
 
     ``sharey=True`` gives every panel the same y-range (panels that show the same quantity); ``columns`` sets the
@@ -589,8 +754,10 @@ def show(panels: Panel | Sequence[Panel], name: str, output_dir: str | Path | No
     """
     panels = _check_panels(panels)
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise ValueError(f"show(name={name!r}): the figure name becomes a file name; use letters, digits, '_', '-' "
-                         "or '.', e.g. 'eta_vs_kappa'")
+        raise ValueError(
+            f"show(name={name!r}): the figure name becomes a file name; use letters, digits, '_', '-' "
+            "or '.', e.g. 'eta_vs_kappa'"
+        )
     figure = to_plotly(panels, title, sharey, columns)
     if display and _in_ipython():
         figure.show()
@@ -635,5 +802,6 @@ def run_series(run, key: str, kind: str = "epoch", color: str | None = None, nam
 def runs_panel(runs, key: str, title: str, ylabel: str, kind: str = "epoch", hlines=None) -> Panel:
     """A panel of metric ``key`` for several runs (those that logged it)."""
     series = [run_series(r, key, kind) for r in runs if r.series(key, kind)[0]]
-    return Panel(series, title=title, xlabel="epoch" if kind == "epoch" else "step", ylabel=ylabel,
-                 hlines=list(hlines or []))
+    return Panel(
+        series, title=title, xlabel="epoch" if kind == "epoch" else "step", ylabel=ylabel, hlines=list(hlines or [])
+    )

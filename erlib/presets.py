@@ -28,8 +28,20 @@ from erlib.data import CIFAR10_PACK, ROOT, find_file, load_dataset
 from erlib.runs import Run, load_run
 from erlib.train import TrainConfig, train
 
-__all__ = ["PRESETS", "PRESET_TABLE", "Preset", "TINY_HEADS", "preset_config", "spec_config", "default_runs_dir",
-           "ensure_run", "run_name", "preset_data", "PresetData", "SYNTHETIC_WARNING"]
+__all__ = [
+    "PRESETS",
+    "PRESET_TABLE",
+    "Preset",
+    "TINY_HEADS",
+    "preset_config",
+    "spec_config",
+    "default_runs_dir",
+    "ensure_run",
+    "run_name",
+    "preset_data",
+    "PresetData",
+    "SYNTHETIC_WARNING",
+]
 
 # solo-learn's CIFAR learning rates (LARS, batch 256) and weight decays; the CPU presets shrink the heads
 _FULL_LR = {"simclr": 0.4, "deepcluster": 0.6, "swav": 0.6, "byol": 1.0, "dino": 0.3}
@@ -58,18 +70,62 @@ class Preset:
 
 
 PRESET_TABLE: dict[str, Preset] = {
-    "tiny": Preset("tiny", dict(backbone="convnet_tiny", train_subset=2000, epochs=3, batch_size=128, optimizer="sgd",
-                                warmup_epochs=0.0, knn_test_size=1000, monitor_size=256, log_every=5, progress=False),
-                   lr={m: 0.1 for m in TINY_HEADS}, weight_decay={m: 1e-5 for m in TINY_HEADS},
-                   options=TINY_HEADS, small_batch=32),
-    "small": Preset("small", dict(backbone="convnet_tiny", train_subset=2500, epochs=10, batch_size=64,
-                                  optimizer="sgd", warmup_epochs=1.0, knn_test_size=2000, monitor_size=256,
-                                  log_every=10, progress=False),
-                    lr={m: 0.1 for m in TINY_HEADS}, weight_decay={m: 1e-5 for m in TINY_HEADS},
-                    options=TINY_HEADS, small_batch=16),
-    "full": Preset("full", dict(backbone="resnet18_cifar", epochs=100, batch_size=256, optimizer="lars", min_lr=0.0,
-                                warmup_epochs=10.0, monitor_size=512, log_every=50, progress=True),
-                   lr=_FULL_LR, weight_decay=_FULL_WD, options=_FULL_HEADS, small_batch=64),
+    "tiny": Preset(
+        "tiny",
+        dict(
+            backbone="convnet_tiny",
+            train_subset=2000,
+            epochs=3,
+            batch_size=128,
+            optimizer="sgd",
+            warmup_epochs=0.0,
+            knn_test_size=1000,
+            monitor_size=256,
+            log_every=5,
+            progress=False,
+        ),
+        lr={m: 0.1 for m in TINY_HEADS},
+        weight_decay={m: 1e-5 for m in TINY_HEADS},
+        options=TINY_HEADS,
+        small_batch=32,
+    ),
+    "small": Preset(
+        "small",
+        dict(
+            backbone="convnet_tiny",
+            train_subset=2500,
+            epochs=10,
+            batch_size=64,
+            optimizer="sgd",
+            warmup_epochs=1.0,
+            knn_test_size=2000,
+            monitor_size=256,
+            log_every=10,
+            progress=False,
+        ),
+        lr={m: 0.1 for m in TINY_HEADS},
+        weight_decay={m: 1e-5 for m in TINY_HEADS},
+        options=TINY_HEADS,
+        small_batch=16,
+    ),
+    "full": Preset(
+        "full",
+        dict(
+            backbone="resnet18_cifar",
+            epochs=100,
+            batch_size=256,
+            optimizer="lars",
+            min_lr=0.0,
+            warmup_epochs=10.0,
+            monitor_size=512,
+            log_every=50,
+            progress=True,
+        ),
+        lr=_FULL_LR,
+        weight_decay=_FULL_WD,
+        options=_FULL_HEADS,
+        small_batch=64,
+    ),
 }
 PRESETS = tuple(PRESET_TABLE)
 
@@ -84,10 +140,12 @@ class PresetData:
     note: str
 
 
-SYNTHETIC_WARNING = ("No CIFAR-10 was found (no offline pack or decoded cache, no torchvision copy, no network to "
-                     "download one): these runs use a small SYNTHETIC data set (512 images, 4 classes). They show the "
-                     "mechanics only; every claim verdict is INCONCLUSIVE. Put cifar10-jpeg75.npz in data/cache/ "
-                     "(see data/README.md) or run once with a network.")
+SYNTHETIC_WARNING = (
+    "No CIFAR-10 was found (no offline pack or decoded cache, no torchvision copy, no network to "
+    "download one): these runs use a small SYNTHETIC data set (512 images, 4 classes). They show the "
+    "mechanics only; every claim verdict is INCONCLUSIVE. Put cifar10-jpeg75.npz in data/cache/ "
+    "(see data/README.md) or run once with a network."
+)
 
 
 def _pack_available() -> bool:
@@ -139,8 +197,15 @@ def default_runs_dir(preset: str, seed: int = 0, root: str | Path = "runs/notebo
     return str(Path(root) / (preset if seed == 0 else f"{preset}-seed{seed}"))
 
 
-def preset_config(preset: str, method: str, er: bool = False, tag: str = "", runs_dir: str = "runs/notebook-runs",
-                  method_options: dict | None = None, **overrides) -> TrainConfig:
+def preset_config(
+    preset: str,
+    method: str,
+    er: bool = False,
+    tag: str = "",
+    runs_dir: str = "runs/notebook-runs",
+    method_options: dict | None = None,
+    **overrides,
+) -> TrainConfig:
     """The :class:`~erlib.config.TrainConfig` of ``method`` (and its ER variant) in a preset; ``overrides`` win
     (a ``batch_size`` override scales the preset's learning rate linearly unless ``lr`` is given too)."""
     if preset not in PRESET_TABLE:
@@ -156,18 +221,27 @@ def preset_config(preset: str, method: str, er: bool = False, tag: str = "", run
         base.update(train_subset=0, knn_test_size=0, monitor_size=min(base["monitor_size"], 256))
     fields = {**base, **overrides}
     fields["warmup_epochs"] = min(fields["warmup_epochs"], fields["epochs"])
-    return TrainConfig(method=method, er=er, method_options=options, out_dir=str(runs_dir),
-                       name=run_name(method, er, tag), **fields).validate()
+    return TrainConfig(
+        method=method, er=er, method_options=options, out_dir=str(runs_dir), name=run_name(method, er, tag), **fields
+    ).validate()
 
 
-def spec_config(preset: str, spec, runs_dir: str | Path = "runs/notebook-runs", seed: int = 0,
-                **overrides) -> TrainConfig:
+def spec_config(
+    preset: str, spec, runs_dir: str | Path = "runs/notebook-runs", seed: int = 0, **overrides
+) -> TrainConfig:
     """The config of a claim's run (:class:`erlib.claims.RunSpec`) in a preset, named by its role: its method options
     on top of the preset's, and for ``batch="small"`` the preset's small batch with the learning rate scaled."""
     if spec.batch == "small":
         overrides.setdefault("batch_size", PRESET_TABLE[preset].small_batch)
-    cfg = preset_config(preset, spec.method, er=spec.er, runs_dir=str(runs_dir), method_options=spec.method_options,
-                        seed=seed, **overrides)
+    cfg = preset_config(
+        preset,
+        spec.method,
+        er=spec.er,
+        runs_dir=str(runs_dir),
+        method_options=spec.method_options,
+        seed=seed,
+        **overrides,
+    )
     return dataclasses.replace(cfg, name=spec.name).validate()
 
 
@@ -178,8 +252,11 @@ def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None)
     path = Path(cfg.out_dir) / cfg.name
     if runs.holds_run(path):
         run = load_run(path) if (path / "config.json").is_file() else None
-        same = (run is not None and run.meta.get("format") == runs.FORMAT
-                and not [k for k in cfg.differences(run.config) if k in runs.COMPARED_AT_RESUME])
+        same = (
+            run is not None
+            and run.meta.get("format") == runs.FORMAT
+            and not [k for k in cfg.differences(run.config) if k in runs.COMPARED_AT_RESUME]
+        )
         if same and run is not None:
             if run.checkpoint.is_file() and runs.load_checkpoint(run.checkpoint)["epoch"] == cfg.epochs:
                 return run

@@ -41,8 +41,9 @@ class ClaimsResult:
     run_minutes: dict[str, float] = field(default_factory=dict)
 
 
-def claim_configs(preset: str, claim_ids: Iterable[str] | None = None, seed: int = 0,
-                  runs_dir: str | Path | None = None) -> list:
+def claim_configs(
+    preset: str, claim_ids: Iterable[str] | None = None, seed: int = 0, runs_dir: str | Path | None = None
+) -> list:
     """The TrainConfigs of every run the claims read, in the preset, named by their roles."""
     runs_dir = str(runs_dir or default_runs_dir(preset, seed))
     return [spec_config(preset, spec, runs_dir=runs_dir, seed=seed) for spec in C.required_runs(claim_ids)]
@@ -63,14 +64,27 @@ def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
         status = statuses[0] if len(set(statuses)) == 1 else C.INCONCLUSIVE
         reason = first.reason if len(set(statuses)) == 1 else f"the seeds disagree: {tally}"
         numbers = {"seeds": dict(zip(map(str, seeds), statuses)), **first.numbers}
-        out.append(replace(first, status=status, reason=reason, numbers=numbers,
-                           sentence=f"{first.sentence} (over seeds {seeds}: {tally})"))
+        out.append(
+            replace(
+                first,
+                status=status,
+                reason=reason,
+                numbers=numbers,
+                sentence=f"{first.sentence} (over seeds {seeds}: {tally})",
+            )
+        )
     return out
 
 
-def reproduce(preset: str, claim_ids: Iterable[str] | None = None, seeds: Sequence[int] = (0,),
-              out_dir: str | Path | None = None, train: bool = True, runs_root: str | Path | None = None,
-              progress: bool = True) -> ClaimsResult:
+def reproduce(
+    preset: str,
+    claim_ids: Iterable[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    out_dir: str | Path | None = None,
+    train: bool = True,
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+) -> ClaimsResult:
     """Train (``train=True``, reusing finished runs) what the claims need for each seed, decide them, and write the
     report (report.md, report.json, figures) into ``out_dir`` when given."""
     ids = list(claim_ids) if claim_ids is not None else list(C.CLAIMS)
@@ -90,13 +104,25 @@ def reproduce(preset: str, claim_ids: Iterable[str] | None = None, seeds: Sequen
                 if progress:
                     print(f"{minutes:.1f} min", file=sys.stderr, flush=True)
         per_seed[seed] = C.decide_all(runs_dir, ids)
-    result = ClaimsResult(preset, list(seeds), per_seed, combine_seeds(per_seed),
-                          minutes=(time.perf_counter() - start) / 60, run_minutes=run_minutes)
+    result = ClaimsResult(
+        preset,
+        list(seeds),
+        per_seed,
+        combine_seeds(per_seed),
+        minutes=(time.perf_counter() - start) / 60,
+        run_minutes=run_minutes,
+    )
     if out_dir is not None:
         result.report = C.write_report(result.combined, out_dir)
-        summary = {"preset": preset, "seeds": list(seeds), "minutes": round(result.minutes, 2),
-                   "run_minutes": run_minutes, "machine": machine_description(), "command": " ".join(sys.argv),
-                   "per_seed": {str(s): [v.to_dict() for v in vs] for s, vs in per_seed.items()}}
+        summary = {
+            "preset": preset,
+            "seeds": list(seeds),
+            "minutes": round(result.minutes, 2),
+            "run_minutes": run_minutes,
+            "machine": machine_description(),
+            "command": " ".join(sys.argv),
+            "per_seed": {str(s): [v.to_dict() for v in vs] for s, vs in per_seed.items()},
+        }
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
@@ -124,8 +150,9 @@ def machine_description() -> str:
 
 
 # --------------------------------------------------------------------------------------------------- results/
-def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None,
-                   preset: str | None = None) -> Path:
+def export_results(
+    runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None, preset: str | None = None
+) -> Path:
     """Copy the claims' runs (config.json, metrics.jsonl, meta.json; never a checkpoint) from ``runs_dirs`` (seed →
     folder) into ``dest/seed<k>/<role>/``, and write ``dest/summary.json``: the label ("CPU reference, small
     preset"), the command, the machine, erlib's commit and the verdicts computed from the copied runs."""
@@ -143,8 +170,15 @@ def export_results(runs_dirs: dict[int, Path], dest: str | Path, label: str, com
                     shutil.copyfile(run_dir / name, target / name)
         per_seed[seed] = [v.to_dict() for v in C.decide_all(dest / f"seed{seed}", claim_ids)]
     meta = next((load_run(p).meta for p in dest.glob("seed*/*") if (p / "config.json").is_file()), {})
-    summary = {"label": label, "preset": preset, "command": command, "machine": machine_description(), "commit": meta.get("commit"),
-               "exported": datetime.now().isoformat(timespec="seconds"), "verdicts": per_seed}
+    summary = {
+        "label": label,
+        "preset": preset,
+        "command": command,
+        "machine": machine_description(),
+        "commit": meta.get("commit"),
+        "exported": datetime.now().isoformat(timespec="seconds"),
+        "verdicts": per_seed,
+    }
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")
     return dest
 

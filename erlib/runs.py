@@ -44,14 +44,38 @@ if TYPE_CHECKING:
     from erlib.data import Dataset
     from erlib.methods import Method
 
-__all__ = ["Run", "load_run", "RunLock", "RunInUseError", "RUN_FILES", "FORMAT", "new_run_name", "holds_run",
-           "write_config", "write_meta", "read_records", "repair_metrics", "append_record", "save_checkpoint",
-           "load_checkpoint", "remove_run", "CHECKPOINT", "DIGEST", "COMPARED_AT_RESUME"]
+__all__ = [
+    "Run",
+    "load_run",
+    "RunLock",
+    "RunInUseError",
+    "RUN_FILES",
+    "FORMAT",
+    "new_run_name",
+    "holds_run",
+    "write_config",
+    "write_meta",
+    "read_records",
+    "repair_metrics",
+    "append_record",
+    "save_checkpoint",
+    "load_checkpoint",
+    "remove_run",
+    "CHECKPOINT",
+    "DIGEST",
+    "COMPARED_AT_RESUME",
+]
 
 #: Version of the run-folder format (records, checkpoint layout); runs of another format are not reused.
 FORMAT = 2
-CHECKPOINT, DIGEST, METRICS, CONFIG, META, LOCK = ("checkpoint.pt", "checkpoint.sha256", "metrics.jsonl",
-                                                   "config.json", "meta.json", ".lock")
+CHECKPOINT, DIGEST, METRICS, CONFIG, META, LOCK = (
+    "checkpoint.pt",
+    "checkpoint.sha256",
+    "metrics.jsonl",
+    "config.json",
+    "meta.json",
+    ".lock",
+)
 #: Files whose presence means a folder holds a run.
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, DIGEST, META)
 #: Config fields that only say where a run lives or how it is displayed: a resume may differ in them.
@@ -113,7 +137,8 @@ class RunLock:
                     raise RunInUseError(
                         f"run folder {self.path.parent} is in use by pid {holder.get('pid')} on host "
                         f"{holder.get('host')} (since {holder.get('since')}); wait for it to finish, or delete "
-                        f"{self.path} if that process no longer exists") from None
+                        f"{self.path} if that process no longer exists"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # left by a killed process on this host
                 continue
             with os.fdopen(fd, "w") as f:
@@ -170,10 +195,18 @@ def write_meta(run_dir: Path, device: torch.device, path: dict | None = None) ->
     from erlib import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    meta = {"format": FORMAT, "erlib": __version__, "commit": _erlib_commit(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "host": socket.gethostname(), "device": name,
-            "command": _command_line(), "started": datetime.now().isoformat(timespec="seconds"),
-            "execution": path or {}}
+    meta = {
+        "format": FORMAT,
+        "erlib": __version__,
+        "commit": _erlib_commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "host": socket.gethostname(),
+        "device": name,
+        "command": _command_line(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "execution": path or {},
+    }
     atomic_write_text(Path(run_dir) / META, json.dumps(meta, indent=2) + "\n")
 
 
@@ -212,8 +245,11 @@ def repair_metrics(path: Path, last_step: int) -> list[dict]:
     if bad:
         with open(path.with_name(path.name + ".bad"), "a") as f:
             f.writelines(line + "\n" for line in bad)
-        warnings.warn(f"{path}: {len(bad)} unreadable line(s) set aside in {path.name}.bad; the "
-                      f"{len(records)} valid records were kept", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(bad)} unreadable line(s) set aside in {path.name}.bad; the "
+            f"{len(records)} valid records were kept",
+            stacklevel=2,
+        )
     if path.is_file():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
@@ -238,8 +274,12 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     data = buffer.getvalue()
     run_dir = Path(run_dir)
     previous = _read_json_object(run_dir / DIGEST).get("sha256")
-    digest = {"sha256": hashlib.sha256(data).hexdigest(), "previous": previous, "epoch": state["epoch"],
-              "step": state["step"]}
+    digest = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "previous": previous,
+        "epoch": state["epoch"],
+        "step": state["step"],
+    }
     atomic_write_text(run_dir / DIGEST, json.dumps(digest) + "\n")
     atomic_write(run_dir / CHECKPOINT, lambda f: f.write(data))
 
@@ -260,8 +300,10 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    restart = (f"delete {path} and {path.with_name(DIGEST)}, then `python -m erlib train --resume {path.parent}` "
-               "restarts the run from step 0; or restore both files from a copy")
+    restart = (
+        f"delete {path} and {path.with_name(DIGEST)}, then `python -m erlib train --resume {path.parent}` "
+        "restarts the run from step 0; or restore both files from a copy"
+    )
     digest_path = path.with_name(DIGEST)
     digest = _read_json_object(digest_path)
     if "sha256" not in digest:
@@ -269,17 +311,19 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual not in (digest["sha256"], digest.get("previous")):
-        raise ValueError(f"checkpoint {path} is damaged: its sha256 {actual[:12]}... does not match the digest "
-                         f"{digest['sha256'][:12]}... recorded in {digest_path.name}: {restart}")
+        raise ValueError(
+            f"checkpoint {path} is damaged: its sha256 {actual[:12]}... does not match the digest "
+            f"{digest['sha256'][:12]}... recorded in {digest_path.name}: {restart}"
+        )
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain Python data; erlib refuses "
-                         f"to load it, since unpickling such objects can run code ({str(exc).splitlines()[0]})"
-                         ) from None
+        raise ValueError(
+            f"checkpoint {path} holds objects other than tensors and plain Python data; erlib refuses "
+            f"to load it, since unpickling such objects can run code ({str(exc).splitlines()[0]})"
+        ) from None
     except Exception as exc:  # zip / storage errors of a damaged file
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc}): {restart}"
-                         ) from exc
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {exc}): {restart}") from exc
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise ValueError(f"checkpoint {path} is not an erlib checkpoint (expected the keys {CHECKPOINT_KEYS})")
     return state
@@ -335,8 +379,9 @@ class Run:
         train_set, test_set = self.train_config().load_datasets()
         return train_set.to(device), test_set.to(device)
 
-    def build_method(self, device: torch.device | str = "cpu", weights: bool = True,
-                     num_samples: int | None = None) -> Method:
+    def build_method(
+        self, device: torch.device | str = "cpu", weights: bool = True, num_samples: int | None = None
+    ) -> Method:
         """The run's method on ``device``, with the checkpoint's weights (``weights=True``), in eval mode.
 
         ``num_samples`` (DeepCluster-v2's memory bank) defaults to the size of the run's training set."""

@@ -16,13 +16,28 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from erlib import claims as C
-from erlib.plots import METHOD_ORDER, Series, color_for
+from erlib.plots import METHOD_ORDER, LineStyle, Series, color_for
 from erlib.presets import default_runs_dir, ensure_run, preset_data, spec_config
 from erlib.runs import Run, load_run
 
-__all__ = ["NUM_CLASSES", "data_banner", "claim_runs", "ensure_spec", "runs_for", "curve", "epoch_means",
-           "baselines", "num_classes", "label", "method_color", "reference_curves", "takeaway", "verdict_table",
-           "last", "ETA_LINES"]
+__all__ = [
+    "NUM_CLASSES",
+    "data_banner",
+    "claim_runs",
+    "ensure_spec",
+    "runs_for",
+    "curve",
+    "epoch_means",
+    "baselines",
+    "num_classes",
+    "label",
+    "method_color",
+    "reference_curves",
+    "takeaway",
+    "verdict_table",
+    "last",
+    "ETA_LINES",
+]
 
 #: Classes of each dataset name (for chance lines).
 NUM_CLASSES = {"cifar10-jpeg75": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "synthetic": 4}
@@ -58,15 +73,27 @@ def data_banner() -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------- runs
-def ensure_spec(preset: str, spec: C.RunSpec, runs_dir: str | Path | None = None, seed: int = 0,
-                callback: Callable[[dict], None] | None = None, **overrides) -> Run:
+def ensure_spec(
+    preset: str,
+    spec: C.RunSpec,
+    runs_dir: str | Path | None = None,
+    seed: int = 0,
+    callback: Callable[[dict], None] | None = None,
+    **overrides,
+) -> Run:
     """The finished run of a claim's role in a preset (trained, resumed or reused: :func:`erlib.presets.ensure_run`)."""
     cfg = spec_config(preset, spec, runs_dir=runs_dir or default_runs_dir(preset, seed), seed=seed, **overrides)
     return ensure_run(cfg, callback=callback)
 
 
-def claim_runs(preset: str, claim_id: str, runs_dir: str | Path | None = None, seed: int = 0,
-               methods: Iterable[str] | None = None, verbose: bool = True) -> dict[str, Run]:
+def claim_runs(
+    preset: str,
+    claim_id: str,
+    runs_dir: str | Path | None = None,
+    seed: int = 0,
+    methods: Iterable[str] | None = None,
+    verbose: bool = True,
+) -> dict[str, Run]:
     """role → finished run, for every run claim ``claim_id`` reads (restricted to ``methods`` when given)."""
     wanted = set(methods) if methods is not None else None
     out = {}
@@ -75,8 +102,10 @@ def claim_runs(preset: str, claim_id: str, runs_dir: str | Path | None = None, s
             continue
         out[spec.name] = ensure_spec(preset, spec, runs_dir, seed)
         if verbose:
-            print(f"  {spec.name:26s} {C.epochs_completed(out[spec.name])} epochs, batch "
-                  f"{out[spec.name].config['batch_size']}, final kNN200 {_fmt(C.final_knn(out[spec.name]))}")
+            print(
+                f"  {spec.name:26s} {C.epochs_completed(out[spec.name])} epochs, batch "
+                f"{out[spec.name].config['batch_size']}, final kNN200 {_fmt(C.final_knn(out[spec.name]))}"
+            )
     return out
 
 
@@ -107,14 +136,26 @@ def last(run: Run, key: str) -> float | None:
     return C.final_value(run, key)
 
 
-def curve(run: Run, key: str, name: str | None = None, color: str | None = None, dash: bool | str | None = None,
-          kind: str | None = None) -> Series:
+def curve(
+    run: Run,
+    key: str,
+    name: str | None = None,
+    color: str | None = None,
+    dash: bool | LineStyle | None = None,
+    kind: str | None = None,
+) -> Series:
     """A run's curve of ``key`` against epochs completed. ``monitor_*`` and ``knn*`` come from the epoch records
     (epoch 0 = the untrained network), other keys from the training-batch records (``kind`` forces one)."""
     kind = kind or ("epoch" if key.startswith(("monitor_", "knn")) else "train")
     xs, ys = C.epoch_series(run, key) if kind == "epoch" else C.train_series(run, key)
-    return Series(xs, ys, name or label(run), color or method_color(run.config["method"]),
-                  dash=bool(run.config.get("er")) if dash is None else dash, points=kind == "epoch" and len(xs) < 30)
+    return Series(
+        xs,
+        ys,
+        name or label(run),
+        color or method_color(run.config["method"]),
+        dash=bool(run.config.get("er")) if dash is None else dash,
+        points=kind == "epoch" and len(xs) < 30,
+    )
 
 
 def epoch_means(run: Run, key: str) -> dict[int, float]:
@@ -143,8 +184,9 @@ def baselines(runs: Iterable[Run], key: str = "knn200") -> list[tuple[float, str
     return lines
 
 
-def reference_curves(role: str, key: str, preset: str | None = None, root: str | Path | None = None,
-                     seed: int = 0) -> list[Series]:
+def reference_curves(
+    role: str, key: str, preset: str | None = None, root: str | Path | None = None, seed: int = 0
+) -> list[Series]:
     """Curves of ``role`` from the committed reference sets (``results/``), grey and dotted, labelled with their
     set's label ("CPU reference, small preset, …"), to draw next to the reader's own run."""
     from erlib.reproduce import reference_runs
@@ -157,8 +199,13 @@ def reference_curves(role: str, key: str, preset: str | None = None, root: str |
         if not (run_dir / "config.json").is_file():
             continue
         run = load_run(run_dir)
-        series = curve(run, key, name=f"{ref.get('label', 'reference')}: {label(run)}", color="#888888" if i == 0
-                       else "#BBBBBB", dash="dot")
+        series = curve(
+            run,
+            key,
+            name=f"{ref.get('label', 'reference')}: {label(run)}",
+            color="#888888" if i == 0 else "#BBBBBB",
+            dash="dot",
+        )
         out.append(series)
     return out
 
@@ -170,8 +217,10 @@ _BADGE = {C.PASS: "✅ PASS", C.FAIL: "❌ FAIL", C.INCONCLUSIVE: "⚠ INCONCLUS
 def takeaway(verdict: C.Verdict) -> str:
     """Print a verdict as a notebook takeaway: claim, status, what the runs measured, the criterion (and why it could
     not be decided); returns the markdown."""
-    text = (f"**{verdict.claim} — {_BADGE[verdict.status]}: {verdict.title}.** {verdict.sentence}\n\n"
-            f"*Criterion (fixed before the run):* {verdict.criterion}")
+    text = (
+        f"**{verdict.claim} — {_BADGE[verdict.status]}: {verdict.title}.** {verdict.sentence}\n\n"
+        f"*Criterion (fixed before the run):* {verdict.criterion}"
+    )
     if verdict.reason:
         text += f"\n\n*Why it is not decided:* {verdict.reason}"
     _display_markdown(text)

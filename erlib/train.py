@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,8 +40,16 @@ from erlib.methods import Method
 from erlib.nn import batch_statistics, convert_to_global_batchnorm
 from erlib.schedules import cosine_schedule, warmup_cosine
 
-__all__ = ["TrainConfig", "train", "resume_run", "train_step", "MetricAccumulator", "LARS", "build_optimizer",
-           "OPTIMIZERS"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "resume_run",
+    "train_step",
+    "MetricAccumulator",
+    "LARS",
+    "build_optimizer",
+    "OPTIMIZERS",
+]
 
 
 class LARS(torch.optim.Optimizer):
@@ -59,8 +68,9 @@ class LARS(torch.optim.Optimizer):
                 g = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
                 if group["lars"]:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
                     g.mul_(trust)
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.mul_(group["momentum"]).add_(g)
@@ -69,17 +79,21 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Two parameter groups: weights (weight decay, LARS adaptation) and biases / norm scales (neither)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in method.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lars": True},
-              {"params": no_decay, "weight_decay": 0.0, "lars": False}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lars": True},
+        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+    ]
     if cfg.optimizer == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=cfg.lr,
-                               momentum=cfg.momentum)
+        return torch.optim.SGD(
+            [{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=cfg.lr, momentum=cfg.momentum
+        )
     return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=cfg.lr)
 
 
@@ -99,7 +113,8 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 or fp32 (None) as requested; "auto": bf16 on CUDA, on the CPU bf16 where the CPU executes it natively (erlib.accel)."""
+    """bf16 or fp32 (None) as requested; "auto": bf16 on CUDA, and on the CPU where it executes bf16 natively
+    (:func:`erlib.accel.cpu_auto`)."""
     return accel.choose_precision(device, cfg.precision)
 
 
@@ -151,12 +166,15 @@ def _refuse_differences(cfg: TrainConfig, other: dict, where: str) -> None:
         diff.remove("epochs")
     if diff:
         detail = ", ".join(f"{k}: {other.get(k)!r} there, {getattr(cfg, k)!r} here" for k in diff)
-        raise ValueError(f"cannot resume: the configuration differs from {where} in {detail}. A resume continues "
-                         "the run as it was configured (only --epochs may grow); start a new run to change it")
+        raise ValueError(
+            f"cannot resume: the configuration differs from {where} in {detail}. A resume continues "
+            "the run as it was configured (only --epochs may grow); start a new run to change it"
+        )
 
 
-def resume_run(run_dir: str | Path, epochs: int | None = None, callback: Callable[[dict], None] | None = None,
-               **display: object) -> Path:
+def resume_run(
+    run_dir: str | Path, epochs: int | None = None, callback: Callable[[dict], None] | None = None, **display: object
+) -> Path:
     """Continue the run in ``run_dir`` as it was configured; ``epochs`` extends it (the cosine schedules stretch to
     the new length). ``display`` may set ``progress`` or ``device`` only."""
     run_dir = Path(run_dir)
@@ -169,8 +187,10 @@ def resume_run(run_dir: str | Path, epochs: int | None = None, callback: Callabl
     changes: dict = {"out_dir": str(run_dir.parent), "name": run_dir.name, **display}
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < cfg.epochs:
-            raise ValueError(f"--epochs {epochs!r} with --resume: must be an integer >= the run's {cfg.epochs} "
-                             "epochs (a run can be extended, not shortened)")
+            raise ValueError(
+                f"--epochs {epochs!r} with --resume: must be an integer >= the run's {cfg.epochs} "
+                "epochs (a run can be extended, not shortened)"
+            )
         changes["epochs"] = epochs
     return train(dataclasses.replace(cfg, **changes), resume=True, callback=callback)
 
@@ -192,8 +212,10 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
             raise ValueError("resume needs TrainConfig.name: the run folder inside out_dir")
         _check_resume_config(out_dir / cfg.name, cfg)
     elif cfg.name and runs.holds_run(out_dir / cfg.name):
-        raise FileExistsError(f"{out_dir / cfg.name} already holds a run; continue it with `python -m erlib train "
-                              f"--resume {out_dir / cfg.name}` or pick another name")
+        raise FileExistsError(
+            f"{out_dir / cfg.name} already holds a run; continue it with `python -m erlib train "
+            f"--resume {out_dir / cfg.name}` or pick another name"
+        )
 
     # everything that can fail on bad input, before the run folder is touched
     torch.manual_seed(cfg.seed)
@@ -204,8 +226,10 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
         convert_to_global_batchnorm(method)  # BN statistics over the global batch, as in one process
     execution = _stored_execution(out_dir / cfg.name) if resume else None
     if execution is None:
-        execution = {"precision": "bf16" if _autocast_dtype(cfg, device) else "fp32",
-                     "channels_last": _channels_last(cfg, device)}
+        execution = {
+            "precision": "bf16" if _autocast_dtype(cfg, device) else "fp32",
+            "channels_last": _channels_last(cfg, device),
+        }
     if D.is_distributed():  # the CPU probe is a timing: every rank takes rank 0's choice
         shared = [execution]
         dist.broadcast_object_list(shared, src=0)
@@ -232,15 +256,31 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
             dist.broadcast_object_list(names, src=0)
             run_dir = out_dir / names[0]
         amp = torch.bfloat16 if execution["precision"] == "bf16" else None
-        return _train_loop(cfg, run_dir, resume, callback, device, train_set, test_set, method, optimizer, recipes,
-                           sampler, aug_gen, views_rng, channels_last, amp)
+        return _train_loop(
+            cfg,
+            run_dir,
+            resume,
+            callback,
+            device,
+            train_set,
+            test_set,
+            method,
+            optimizer,
+            recipes,
+            sampler,
+            aug_gen,
+            views_rng,
+            channels_last,
+            amp,
+        )
     finally:
         if lock is not None:
             lock.release()
 
 
-def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.device, execution: dict
-                   ) -> tuple[Path, runs.RunLock]:
+def _claim_run_dir(
+    out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.device, execution: dict
+) -> tuple[Path, runs.RunLock]:
     """Create (or, to resume, find) the run folder, lock it, then write config.json (and meta.json when new)."""
     if resume:
         run_dir = out_dir / cfg.name
@@ -248,8 +288,12 @@ def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.
         try:
             stored = _check_resume_config(run_dir, cfg)  # again, now that nobody else can change it
             if stored.epochs != cfg.epochs:
-                runs.write_config(run_dir, dataclasses.replace(cfg, out_dir=stored.out_dir, name=stored.name,
-                                                               progress=stored.progress, device=stored.device))
+                runs.write_config(
+                    run_dir,
+                    dataclasses.replace(
+                        cfg, out_dir=stored.out_dir, name=stored.name, progress=stored.progress, device=stored.device
+                    ),
+                )
         except BaseException:
             lock.release()
             raise
@@ -269,21 +313,39 @@ def _claim_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, device: torch.
     lock = runs.RunLock(run_dir).acquire()
     try:
         if runs.holds_run(run_dir):  # someone created it between our check and our lock
-            raise FileExistsError(f"{run_dir} already holds a run; continue it with `python -m erlib train "
-                                  f"--resume {run_dir}` or pick another name")
+            raise FileExistsError(
+                f"{run_dir} already holds a run; continue it with `python -m erlib train "
+                f"--resume {run_dir}` or pick another name"
+            )
         runs.write_config(run_dir, dataclasses.replace(cfg, name=run_dir.name))
-        runs.write_meta(run_dir, device, {**accel.describe(device, cfg.precision, "auto" if cfg.channels_last else False),
-                                          **execution})
+        runs.write_meta(
+            run_dir,
+            device,
+            {**accel.describe(device, cfg.precision, "auto" if cfg.channels_last else False), **execution},
+        )
     except BaseException:
         lock.release()
         raise
     return run_dir, lock
 
 
-def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device: torch.device, train_set: Dataset,
-                test_set: Dataset, method: Method, optimizer: torch.optim.Optimizer, recipes: list[ViewRecipe],
-                sampler: BatchSampler, aug_gen: torch.Generator, views_rng: ShardedGenerator,
-                channels_last: bool, amp: torch.dtype | None) -> Path:
+def _train_loop(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    callback,
+    device: torch.device,
+    train_set: Dataset,
+    test_set: Dataset,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    recipes: list[ViewRecipe],
+    sampler: BatchSampler,
+    aug_gen: torch.Generator,
+    views_rng: ShardedGenerator,
+    channels_last: bool,
+    amp: torch.dtype | None,
+) -> Path:
     rank, world, main = D.rank(), D.world_size(), D.is_main_process()
     ckpt_path, metrics_path = run_dir / runs.CHECKPOINT, run_dir / "metrics.jsonl"
     state = _State()
@@ -310,12 +372,13 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device:
 
     model: nn.Module = method
     if D.is_distributed():
-        model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False,
-                                                    device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            method, broadcast_buffers=False, device_ids=[device.index] if device.type == "cuda" else None
+        )
     step_fn = torch.compile(model) if cfg.compile else model
     steps_per_epoch, total_steps = len(sampler), len(sampler) * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
-    monitor_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[:cfg.monitor_size]
+    monitor_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[: cfg.monitor_size]
     monitor_idx = monitor_idx.to(device).view(world, -1)[rank]  # each rank its shard of the monitor batch
 
     def emit(record: dict) -> None:
@@ -338,25 +401,43 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device:
         for idx in sampler.epoch(epoch):
             step = state.step
             lr = warmup_cosine(cfg.lr, cfg.min_lr, step, total_steps, warmup_steps)
-            wd = cfg.weight_decay if cfg.final_weight_decay is None else cosine_schedule(
-                cfg.weight_decay, cfg.final_weight_decay, step / total_steps)
+            wd = (
+                cfg.weight_decay
+                if cfg.final_weight_decay is None
+                else cosine_schedule(cfg.weight_decay, cfg.final_weight_decay, step / total_steps)
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.param_groups[0]["weight_decay"] = wd  # group 0: the weights (group 1, biases/norms: none)
             views = make_views(train_set.images[idx], recipes, views_rng)
             state.step += 1
-            out = train_step(step_fn, method, optimizer, views, idx, amp, cfg.grad_clip, state.step / total_steps,
-                             channels_last=channels_last)
+            out = train_step(
+                step_fn,
+                method,
+                optimizer,
+                views,
+                idx,
+                amp,
+                cfg.grad_clip,
+                state.step / total_steps,
+                channels_last=channels_last,
+            )
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out.loss.detach()), step, bad_step)
             acc.add({"loss": out.loss, **out.metrics})
             imgs_since += cfg.batch_size
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == total_steps:
-                record = acc.mean()
+                record: dict[str, Any] = acc.mean()
                 _check_finite(int(bad_step), epoch, ckpt_path)
                 now = time.perf_counter()
-                record.update(kind="train", epoch=round(state.step / steps_per_epoch, 6), step=state.step, lr=lr,
-                              weight_decay=wd, images_per_s=imgs_since / (now - t_last))
+                record.update(
+                    kind="train",
+                    epoch=round(state.step / steps_per_epoch, 6),
+                    step=state.step,
+                    lr=lr,
+                    weight_decay=wd,
+                    images_per_s=imgs_since / (now - t_last),
+                )
                 t_last, imgs_since = now, 0
                 emit(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record.get('eta_online', 0):.2f}")
@@ -365,13 +446,24 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device:
         record = _epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, state, amp)
         emit(record)
         if main and record.get("monitor_eta_online", 1.0) < 0.05:
-            warnings.warn(f"{run_dir.name}: entropy at its floor after epoch {state.epoch} "
-                          f"(monitor η = {record['monitor_eta_online']:.3f}): the representation has collapsed",
-                          stacklevel=2)
+            warnings.warn(
+                f"{run_dir.name}: entropy at its floor after epoch {state.epoch} "
+                f"(monitor η = {record['monitor_eta_online']:.3f}): the representation has collapsed",
+                stacklevel=2,
+            )
         if main and (state.epoch == cfg.epochs or (cfg.checkpoint_every and state.epoch % cfg.checkpoint_every == 0)):
-            runs.save_checkpoint(run_dir, {"method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                           "epoch": state.epoch, "step": state.step, "config": cfg.to_dict()})
+            runs.save_checkpoint(
+                run_dir,
+                {
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "aug_generator": aug_gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "config": cfg.to_dict(),
+                },
+            )
     bar.close()
     return run_dir
 
@@ -379,7 +471,7 @@ def _train_loop(cfg: TrainConfig, run_dir: Path, resume: bool, callback, device:
 class MetricAccumulator:
     """Sums detached metric tensors on the device; ``mean()`` reads them back once (one sync per interval)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.count = 0
 
@@ -398,9 +490,17 @@ class MetricAccumulator:
         return dict(zip(keys, values))
 
 
-def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, views: list[Tensor],
-               index: Tensor | None, amp: torch.dtype | None, grad_clip: float, progress: float,
-               channels_last: bool = False):
+def train_step(
+    model: nn.Module | Callable[..., Any],
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    views: list[Tensor],
+    index: Tensor | None,
+    amp: torch.dtype | None,
+    grad_clip: float,
+    progress: float,
+    channels_last: bool = False,
+):
     """One optimisation step: forward under autocast, backward, (clip,) optimiser step, then ``method.update``.
 
     ``model`` is the method itself or its DDP / compiled wrapper. Returns the method's output (loss and metrics on the
@@ -422,13 +522,23 @@ def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimize
 def _check_finite(bad_step: int, epoch: int, ckpt_path: Path) -> None:
     if bad_step >= 0:
         last = str(ckpt_path) if ckpt_path.is_file() else "none (no epoch completed yet)"
-        raise FloatingPointError(f"non-finite loss at step {bad_step} (epoch {epoch}); training stopped. "
-                                 f"Last good checkpoint: {last}. Lower the lr, use precision='fp32' or clip gradients.")
+        raise FloatingPointError(
+            f"non-finite loss at step {bad_step} (epoch {epoch}); training stopped. "
+            f"Last good checkpoint: {last}. Lower the lr, use precision='fp32' or clip gradients."
+        )
 
 
 @torch.no_grad()
-def _epoch_record(method: Method, cfg: TrainConfig, train_set: Dataset, test_set: Dataset,
-                  recipes: list[ViewRecipe], monitor_idx: Tensor, state: _State, amp) -> dict:
+def _epoch_record(
+    method: Method,
+    cfg: TrainConfig,
+    train_set: Dataset,
+    test_set: Dataset,
+    recipes: list[ViewRecipe],
+    monitor_idx: Tensor,
+    state: _State,
+    amp,
+) -> dict:
     """The ER metrics on the fixed monitor batch (fixed augmentation seed) and the kNN accuracies."""
     device = train_set.images.device
     record: dict = {"kind": "epoch", "epoch": state.epoch, "step": state.step}
@@ -439,8 +549,9 @@ def _epoch_record(method: Method, cfg: TrainConfig, train_set: Dataset, test_set
     # the weights: at initialisation they would give eta ~ 0.01 where training sees ~ 0.7), running buffers untouched
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None), batch_statistics(method):
         metrics = method.monitor(views, index=monitor_idx)
-    record.update({f"monitor_{k}": v for k, v in zip(metrics, torch.stack(
-        [v.float() for v in metrics.values()]).tolist())})
+    record.update(
+        {f"monitor_{k}": v for k, v in zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist())}
+    )
     if cfg.knn_every and state.epoch % cfg.knn_every == 0 and D.is_main_process():
         bank = train_set if not cfg.knn_train_size else train_set.subset(cfg.knn_train_size, seed=1)
         queries = test_set if not cfg.knn_test_size else test_set.subset(cfg.knn_test_size, seed=2)
@@ -450,7 +561,8 @@ def _epoch_record(method: Method, cfg: TrainConfig, train_set: Dataset, test_set
         n_cls = len(train_set.classes)
         for k in dict.fromkeys((cfg.knn_k, 20)):
             if k <= len(bank):
-                record[f"knn{k}"] = knn_accuracy(f_train, bank.labels, f_test, queries.labels, n_cls, k,
-                                                 cfg.knn_temperature)
+                record[f"knn{k}"] = knn_accuracy(
+                    f_train, bank.labels, f_test, queries.labels, n_cls, k, cfg.knn_temperature
+                )
     method.train()
     return record

@@ -21,28 +21,32 @@ anywidget dependency). The widgets construct without a display (headless, in tes
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from erlib import bounds
-from erlib.plots import Panel, Series, color_for, to_plotly
+from erlib.plots import LineStyle, Panel, Series, color_for, to_plotly
 
 __all__ = ["CLOUDS", "PLOTLY_MIME", "point_cloud", "kde_playground", "plotly_output", "TrainingDashboard"]
 
 Cloud = Literal["uniform", "clusters", "collapsed"]
 
 #: Dropdown labels of the point clouds -> ``kind`` of :func:`point_cloud`.
-CLOUDS: dict[str, Cloud] = {"uniform on the sphere": "uniform", "m tight clusters": "clusters",
-                            "collapsed (one point)": "collapsed"}
+CLOUDS: dict[str, Cloud] = {
+    "uniform on the sphere": "uniform",
+    "m tight clusters": "clusters",
+    "collapsed (one point)": "collapsed",
+}
 
 _K_OPTIONS = [16, 32, 64, 128, 256, 512, 1024]
 _D_OPTIONS = [2, 3, 4, 8, 16, 32, 64, 128, 256, 512]
 
 
-def point_cloud(kind: Cloud, k: int, d: int, m: int = 10, noise: float = 0.05, seed: int = 0,
-                dtype: torch.dtype = torch.float64) -> Tensor:
+def point_cloud(
+    kind: Cloud, k: int, d: int, m: int = 10, noise: float = 0.05, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Tensor:
     r"""A batch of k unit vectors in :math:`\mathbb R^d` (rows on :math:`\mathbb S^{d-1}`).
 
     * ``"uniform"``: :math:`z=x/\|x\|`, :math:`x\sim\mathcal N(0,I_d)` — uniform on the sphere;
@@ -79,9 +83,17 @@ def _with(options: list[int], value: int) -> list[int]:
     return sorted(set(options) | {int(value)})
 
 
-def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud = "clusters", m: int = 10,
-                   estimator: bounds.Estimator = "joe", leave_one_out: bool = False, seed: int = 0,
-                   n_grid: int = 21) -> Any:
+def kde_playground(
+    kappa: float = 10.0,
+    k: int = 256,
+    d: int = 3,
+    cloud: Cloud = "clusters",
+    m: int = 10,
+    estimator: bounds.Estimator = "joe",
+    leave_one_out: bool = False,
+    seed: int = 0,
+    n_grid: int = 21,
+) -> Any:
     r"""An ipywidgets explorer of the vMF kernel-density entropy of a synthetic batch; returns an ``ipywidgets.VBox``.
 
     For the current batch :math:`z_1,\dots,z_k\in\mathbb S^{d-1}` it shows
@@ -103,22 +115,41 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
         raise ValueError(f"cloud must be one of {tuple(CLOUDS.values())}, got {cloud!r}")
     style = {"description_width": "110px"}
     controls = {
-        "kappa": w.FloatLogSlider(value=kappa, base=10, min=-0.3, max=1.7, step=0.05,  # κ from 0.5 to 50
-                                  description="κ (= 1/τ)", style=style, continuous_update=False),
-        "k": w.SelectionSlider(options=_with(_K_OPTIONS, k), value=k, description="batch size k", style=style,
-                               continuous_update=False),
-        "d": w.SelectionSlider(options=_with(_D_OPTIONS, d), value=d, description="dimension d", style=style,
-                               continuous_update=False),
+        "kappa": w.FloatLogSlider(
+            value=kappa,
+            base=10,
+            min=-0.3,
+            max=1.7,
+            step=0.05,  # κ from 0.5 to 50
+            description="κ (= 1/τ)",
+            style=style,
+            continuous_update=False,
+        ),
+        "k": w.SelectionSlider(
+            options=_with(_K_OPTIONS, k), value=k, description="batch size k", style=style, continuous_update=False
+        ),
+        "d": w.SelectionSlider(
+            options=_with(_D_OPTIONS, d), value=d, description="dimension d", style=style, continuous_update=False
+        ),
         "cloud": w.Dropdown(options=list(CLOUDS.items()), value=cloud, description="point cloud", style=style),
         "m": w.IntSlider(value=m, min=1, max=32, description="clusters m", style=style, continuous_update=False),
-        "estimator": w.Dropdown(options=[("Joe (average)", "joe"), ("plug-in (expectation)", "plugin")],
-                                value=estimator, description="estimator", style=style),
+        "estimator": w.Dropdown(
+            options=[("Joe (average)", "joe"), ("plug-in (expectation)", "plugin")],
+            value=estimator,
+            description="estimator",
+            style=style,
+        ),
         "leave_one_out": w.Checkbox(value=leave_one_out, description="leave-one-out", style=style),
     }
     numbers, out = w.HTML(), w.Output()
-    box = w.VBox([w.HBox([controls["kappa"], controls["k"], controls["d"]]),
-                  w.HBox([controls["cloud"], controls["m"], controls["estimator"], controls["leave_one_out"]]),
-                  numbers, out])
+    box = w.VBox(
+        [
+            w.HBox([controls["kappa"], controls["k"], controls["d"]]),
+            w.HBox([controls["cloud"], controls["m"], controls["estimator"], controls["leave_one_out"]]),
+            numbers,
+            out,
+        ]
+    )
     kappas = torch.logspace(-0.3, 1.7, n_grid, dtype=torch.float64).tolist()
 
     def update(_change: object = None) -> None:
@@ -128,40 +159,77 @@ def kde_playground(kappa: float = 10.0, k: int = 256, d: int = 3, cloud: Cloud =
         log_c = float(bounds.vmf_log_normalizer(c["d"], kap))
         h = float(bounds.kde_entropy(z, kap, est, leave_one_out=loo))
         eta = float(bounds.normalized_entropy(z, kap, est))
-        box.values = {"kappa": kap, "k": c["k"], "d": c["d"], "entropy": h, "h_tilde": h + log_c, "eta": eta,
-                      "log_k": math.log(c["k"]), "log_c": log_c, "uniform_entropy": _sphere_log_area(c["d"])}
+        box.values = {
+            "kappa": kap,
+            "k": c["k"],
+            "d": c["d"],
+            "entropy": h,
+            "h_tilde": h + log_c,
+            "eta": eta,
+            "log_k": math.log(c["k"]),
+            "log_c": log_c,
+            "uniform_entropy": _sphere_log_area(c["d"]),
+        }
         v = box.values
         numbers.value = (
             f"<b>Ĥ</b> ({est}{', leave-one-out' if loo else ', self-term'}) = {h:.4f} nats &nbsp;|&nbsp; "
             f"<b>η</b> = {eta:.3f} &nbsp;|&nbsp; H̃ = Ĥ + log C<sub>d</sub>(κ) = {v['h_tilde']:.3f} "
             f"(self-term range [−κ, log k − κ] = [{-kap:.2f}, {v['log_k'] - kap:.2f}])<br>"
             f"log k = {v['log_k']:.3f} &nbsp;|&nbsp; log C<sub>d</sub>(κ) = {log_c:.3f} &nbsp;|&nbsp; "
-            f"uniform entropy log|S<sup>d−1</sup>| = {v['uniform_entropy']:.3f}")
+            f"uniform entropy log|S<sup>d−1</sup>| = {v['uniform_entropy']:.3f}"
+        )
         etas = [float(bounds.normalized_entropy(z, q, est, check=False)) for q in kappas]
         h_self = [float(bounds.kde_entropy(z, q, est, check=False)) for q in kappas]
         h_loo = [float(bounds.kde_entropy(z, q, est, leave_one_out=True, check=False)) for q in kappas]
         panels = [
-            Panel([Series(kappas, etas, f"η ({est})", color_for(0)),
-                   Series([kap], [eta], "current κ", color_for(3), markers=True)],
-                  title="normalised entropy η vs κ", xlabel="κ (log scale)", ylabel="η", logx=True,
-                  hlines=[(0.0, "η = 0: collapse"), (1.0, "η = 1: log k ceiling")]),
-            Panel([Series(kappas, h_self, "Ĥ self-term", color_for(0)),
-                   Series(kappas, h_loo, "Ĥ leave-one-out", color_for(1), dash=True),
-                   Series([kap], [h], "current", color_for(3), markers=True)],
-                  title="KDE entropy Ĥ vs κ", xlabel="κ (log scale)", ylabel="Ĥ (nats)", logx=True,
-                  hlines=[(v["uniform_entropy"], "uniform on the sphere")]),
+            Panel(
+                [
+                    Series(kappas, etas, f"η ({est})", color_for(0)),
+                    Series([kap], [eta], "current κ", color_for(3), markers=True),
+                ],
+                title="normalised entropy η vs κ",
+                xlabel="κ (log scale)",
+                ylabel="η",
+                logx=True,
+                hlines=[(0.0, "η = 0: collapse"), (1.0, "η = 1: log k ceiling")],
+            ),
+            Panel(
+                [
+                    Series(kappas, h_self, "Ĥ self-term", color_for(0)),
+                    Series(kappas, h_loo, "Ĥ leave-one-out", color_for(1), dash=True),
+                    Series([kap], [h], "current", color_for(3), markers=True),
+                ],
+                title="KDE entropy Ĥ vs κ",
+                xlabel="κ (log scale)",
+                ylabel="Ĥ (nats)",
+                logx=True,
+                hlines=[(v["uniform_entropy"], "uniform on the sphere")],
+            ),
         ]
         if c["d"] == 2:
-            panels.append(Panel([Series(z[:, 0], z[:, 1], "points", color_for(2), markers=True)], title="the batch",
-                                xlabel="z₁", ylabel="z₂", equal_aspect=True))
+            panels.append(
+                Panel(
+                    [Series(z[:, 0].tolist(), z[:, 1].tolist(), "points", color_for(2), markers=True)],
+                    title="the batch",
+                    xlabel="z₁",
+                    ylabel="z₂",
+                    equal_aspect=True,
+                )
+            )
         box.figure = to_plotly(panels, title=f"{c['cloud']} batch, k = {c['k']}, d = {c['d']}")
         if c["d"] == 3:
             import plotly.graph_objects as go
 
-            box.figure_3d = go.Figure(go.Scatter3d(x=z[:, 0], y=z[:, 1], z=z[:, 2], mode="markers",
-                                                   marker=dict(size=3, color=color_for(2))))
-            box.figure_3d.update_layout(title="the batch on the sphere", height=420, width=460,
-                                        scene=dict(aspectmode="cube"), margin=dict(t=40, l=0, r=0, b=0))
+            box.figure_3d = go.Figure(
+                go.Scatter3d(x=z[:, 0], y=z[:, 1], z=z[:, 2], mode="markers", marker=dict(size=3, color=color_for(2)))
+            )
+            box.figure_3d.update_layout(
+                title="the batch on the sphere",
+                height=420,
+                width=460,
+                scene=dict(aspectmode="cube"),
+                margin=dict(t=40, l=0, r=0, b=0),
+            )
         if _in_kernel():
             _show_in(out, box.figure, *([box.figure_3d] if c["d"] == 3 else []))
 
@@ -182,8 +250,11 @@ def plotly_output(figure) -> dict:
     spec = json.loads(figure.to_json())
     spec.setdefault("config", {})
     title = figure.layout.title.text or "plotly figure"
-    return {"output_type": "display_data", "data": {PLOTLY_MIME: spec, "text/plain": f"<figure: {title}>"},
-            "metadata": {}}
+    return {
+        "output_type": "display_data",
+        "data": {PLOTLY_MIME: spec, "text/plain": f"<figure: {title}>"},
+        "metadata": {},
+    }
 
 
 def _show_in(out, *figures) -> None:
@@ -218,27 +289,46 @@ class TrainingDashboard:
     """
 
     #: where a value was measured -> (line style, legend suffix)
-    LINE_STYLES = {"train": ("solid", "training batch"), "monitor": ("dash", "monitor batch"),
-                   "test": ("dot", "test set")}
+    LINE_STYLES: ClassVar[dict[str, tuple[LineStyle, str]]] = {
+        "train": ("solid", "training batch"),
+        "monitor": ("dash", "monitor batch"),
+        "test": ("dot", "test set"),
+    }
     #: (panel title, y label, reference lines, [(metric key, where measured, quantity, colour index)])
-    PANELS = (
-        ("entropy", "η (normalised entropy)", [(1.0, "η = 1: log k ceiling"), (0.0, "η = 0: collapse")],
-         [("eta_online", "train", "η", 0), ("monitor_eta_online", "monitor", "η", 0)]),
-        ("reconstruction", "mean cosine", [],
-         [("reconstruction", "train", "mean cos", 1), ("monitor_reconstruction", "monitor", "mean cos", 1)]),
-        ("MI estimates", "nats", [],
-         [("er_bound", "train", "ER", 2), ("monitor_er_bound", "monitor", "ER", 2),
-          ("infonce", "train", "InfoNCE", 3), ("monitor_infonce", "monitor", "InfoNCE", 3)]),
-        ("kNN accuracy", "top-1 accuracy", [],
-         [("knn200", "test", "kNN k=200", 4), ("knn20", "test", "kNN k=20", 5)]),
+    PANELS: ClassVar[tuple[tuple[str, str, list[tuple[float, str]], list[tuple[str, str, str, int]]], ...]] = (
+        (
+            "entropy",
+            "η (normalised entropy)",
+            [(1.0, "η = 1: log k ceiling"), (0.0, "η = 0: collapse")],
+            [("eta_online", "train", "η", 0), ("monitor_eta_online", "monitor", "η", 0)],
+        ),
+        (
+            "reconstruction",
+            "mean cosine",
+            [],
+            [("reconstruction", "train", "mean cos", 1), ("monitor_reconstruction", "monitor", "mean cos", 1)],
+        ),
+        (
+            "MI estimates",
+            "nats",
+            [],
+            [
+                ("er_bound", "train", "ER", 2),
+                ("monitor_er_bound", "monitor", "ER", 2),
+                ("infonce", "train", "InfoNCE", 3),
+                ("monitor_infonce", "monitor", "InfoNCE", 3),
+            ],
+        ),
+        ("kNN accuracy", "top-1 accuracy", [], [("knn200", "test", "kNN k=200", 4), ("knn20", "test", "kNN k=20", 5)]),
     )
 
     def __init__(self, title: str = "training", redraw_every: int = 1):
         import ipywidgets as widgets
 
         if not isinstance(redraw_every, int) or redraw_every < 1:
-            raise ValueError(f"redraw_every={redraw_every!r}: give a whole number of records >= 1 (1 redraws on "
-                             "every record)")
+            raise ValueError(
+                f"redraw_every={redraw_every!r}: give a whole number of records >= 1 (1 redraws on every record)"
+            )
         self.title, self.redraw_every = title, redraw_every
         self.records: list[dict] = []
         self.output = widgets.Output(layout={"border": "1px solid #ddd"})
@@ -254,10 +344,12 @@ class TrainingDashboard:
         """Add one metrics record (as written to metrics.jsonl) and redraw."""
         self.records.append(record)
         last = record
-        self.status.value = (f"<b>{self.title}</b>: epoch {last['epoch']}, step {last['step']}"
-                             + (f", loss {last['loss']:.3f}" if "loss" in last else "")
-                             + (f", kNN {last['knn200']:.3f}" if "knn200" in last else "")
-                             + " &nbsp;·&nbsp; solid: training batch, dashed: fixed monitor batch, dotted: test set")
+        self.status.value = (
+            f"<b>{self.title}</b>: epoch {last['epoch']}, step {last['step']}"
+            + (f", loss {last['loss']:.3f}" if "loss" in last else "")
+            + (f", kNN {last['knn200']:.3f}" if "knn200" in last else "")
+            + " &nbsp;·&nbsp; solid: training batch, dashed: fixed monitor batch, dotted: test set"
+        )
         if len(self.records) % self.redraw_every == 0 and _in_kernel():
             _show_in(self.output, to_plotly(self.panels, self.title))
 
@@ -267,8 +359,9 @@ class TrainingDashboard:
         if not pts:
             return None
         style, suffix = self.LINE_STYLES[where]
-        return Series([p[0] for p in pts], [p[1] for p in pts], f"{quantity}: {suffix}", color, dash=style,
-                      points=where == "test")
+        return Series(
+            [p[0] for p in pts], [p[1] for p in pts], f"{quantity}: {suffix}", color, dash=style, points=where == "test"
+        )
 
     @property
     def panels(self) -> list[Panel]:

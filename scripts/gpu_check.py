@@ -37,9 +37,12 @@ START = time.perf_counter()
 LOG = OUT / "log.txt"
 
 #: The reference runs: role name, method, ER flag, method options.
-REFERENCE_RUNS = [("simclr", "simclr", False, {}), ("byol", "byol", False, {}),
-                  ("byol@tau_base=0.0", "byol", False, {"tau_base": 0.0}),
-                  ("byol-er@tau_base=0.0", "byol", True, {"tau_base": 0.0})]
+REFERENCE_RUNS = [
+    ("simclr", "simclr", False, {}),
+    ("byol", "byol", False, {}),
+    ("byol@tau_base=0.0", "byol", False, {"tau_base": 0.0}),
+    ("byol-er@tau_base=0.0", "byol", True, {"tau_base": 0.0}),
+]
 
 
 def minutes_left() -> float:
@@ -73,26 +76,76 @@ def card() -> str:
     if DRY:
         return "cpu (dry run)"
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip() or "unknown GPU"
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            or "unknown GPU"
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown GPU"
 
 
 def bench_args() -> list[str]:
     if DRY:
-        return ["--device", "cpu", "--backbone", "convnet_tiny", "--small-heads", "--dataset", "synthetic",
-                "--batch-size", "32", "--warmup", "1", "--steps", "1", "--repeats", "1", "--workers", "0",
-                "--methods", "simclr,byol"]
+        return [
+            "--device",
+            "cpu",
+            "--backbone",
+            "convnet_tiny",
+            "--small-heads",
+            "--dataset",
+            "synthetic",
+            "--batch-size",
+            "32",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--workers",
+            "0",
+            "--methods",
+            "simclr,byol",
+        ]
     return ["--batch-size", "512"]
 
 
 def train_args(name: str, method: str, er: bool, options: dict, epochs: int, runs_dir: Path) -> list[str]:
-    args = ["train", "--preset", "tiny" if DRY else "full", "--method", method, "--er" if er else "--no-er",
-            "--epochs", str(epochs), "--out-dir", str(runs_dir), "--name", name, "--no-progress"]
+    args = [
+        "train",
+        "--preset",
+        "tiny" if DRY else "full",
+        "--method",
+        method,
+        "--er" if er else "--no-er",
+        "--epochs",
+        str(epochs),
+        "--out-dir",
+        str(runs_dir),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     if DRY:
-        args += ["--dataset", "synthetic", "--train-subset", "128", "--batch-size", "64", "--knn-test-size", "0",
-                 "--knn-k", "20", "--monitor-size", "64"]
+        args += [
+            "--dataset",
+            "synthetic",
+            "--train-subset",
+            "128",
+            "--batch-size",
+            "64",
+            "--knn-test-size",
+            "0",
+            "--knn-k",
+            "20",
+            "--monitor-size",
+            "64",
+        ]
     else:
         args += ["--batch-size", "512", "--warmup-epochs", str(max(1, min(10, epochs // 10))), "--log-every", "20"]
     for key, value in options.items():
@@ -124,13 +177,27 @@ def main() -> int:
     lines += ["## Benchmark", "", "```", proc.stdout.strip()[-4000:], "```", ""]
     if minutes_left() > 6 and not DRY:  # compiling on a CPU takes minutes: the dry run skips it
         compiled = work / "bench-compile.json"
-        proc = erlib("bench", *bench_args(), "--methods", "simclr", "--no-er", "--no-baseline", "--compile",
-                     "--out", str(compiled), timeout_min=min(3.0, minutes_left() * 0.3))
+        proc = erlib(
+            "bench",
+            *bench_args(),
+            "--methods",
+            "simclr",
+            "--no-er",
+            "--no-baseline",
+            "--compile",
+            "--out",
+            str(compiled),
+            timeout_min=min(3.0, minutes_left() * 0.3),
+        )
         lines += ["SimCLR with `--compile`:", "", "```", proc.stdout.strip()[-2000:], "```", ""]
 
     per_run = max(0.2, (minutes_left() - 0.7) / len(REFERENCE_RUNS))
-    lines += ["## Reference runs", "", "| run | epochs | minutes | final kNN200 | untrained kNN200 |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Reference runs",
+        "",
+        "| run | epochs | minutes | final kNN200 | untrained kNN200 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, method, er, options in REFERENCE_RUNS:
         if minutes_left() < 0.5:
             log(f"skipping {name}: out of time")
@@ -142,8 +209,19 @@ def main() -> int:
         lines.append(f"| {name} | {epochs} | {(time.perf_counter() - t0) / 60:.1f} | {knn[0]} | {knn[1]} |")
 
     claims_out = work / "claims"
-    proc = erlib("claims", "--preset", "tiny" if DRY else "full", "--no-train", "--runs-dir", str(work),
-                 "--seeds", "0", "--out", str(claims_out), timeout_min=1.0)
+    proc = erlib(
+        "claims",
+        "--preset",
+        "tiny" if DRY else "full",
+        "--no-train",
+        "--runs-dir",
+        str(work),
+        "--seeds",
+        "0",
+        "--out",
+        str(claims_out),
+        timeout_min=1.0,
+    )
     lines += ["", "## Claims these runs support", "", "```", proc.stdout.strip()[-4000:], "```"]
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     export_reference(work, runs_dir, gpu)
@@ -154,8 +232,12 @@ def main() -> int:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 
@@ -189,8 +271,11 @@ def bundle(work: Path) -> None:
     """results.tar.gz: reference/ (runs without checkpoints + summary.json), claims/, the compile benchmark."""
     with tarfile.open(OUT / "results.tar.gz", "w:gz") as tar:
         for path in sorted(work.rglob("*")):
-            if path.is_file() and path.name not in ("checkpoint.pt", "checkpoint.sha256", ".lock") and (
-                    path.parts[len(work.parts)] != "seed0"):  # the runs travel once, inside reference/
+            if (
+                path.is_file()
+                and path.name not in ("checkpoint.pt", "checkpoint.sha256", ".lock")
+                and (path.parts[len(work.parts)] != "seed0")
+            ):  # the runs travel once, inside reference/
                 tar.add(path, arcname=str(path.relative_to(work)))
     shutil.rmtree(work, ignore_errors=True)
 

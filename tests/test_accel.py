@@ -29,8 +29,9 @@ X86_AMX = "processor\t: 0\nflags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
 ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 
 
-@pytest.mark.parametrize("text, native", [(X86_AVX2, False), (X86_AVX512_BF16, True), (X86_AMX, True),
-                                          (ARM_BF16, True)])
+@pytest.mark.parametrize(
+    "text, native", [(X86_AVX2, False), (X86_AVX512_BF16, True), (X86_AMX, True), (ARM_BF16, True)]
+)
 def test_native_bf16_from_the_cpu_flags(tmp_path, text, native):
     info = tmp_path / "cpuinfo"
     info.write_text(text)
@@ -66,14 +67,17 @@ def test_auto_on_other_devices_is_fp32_nchw():
     assert accel.choose_precision("meta", "auto") is None and accel.choose_channels_last("meta", "auto") is False
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: accel.choose_precision("cpu", "fp16"), "precision = 'fp16' is invalid"),
-    (lambda: accel.choose_precision("gpu0", "auto"), "device = 'gpu0' is not a torch device"),
-    (lambda: accel.choose_channels_last("cpu", "yes"), "channels_last = 'yes' is invalid"),
-    (lambda: accel.choose_channels_last("cpu", 1.0), "channels_last = 1.0 is invalid"),
-    (lambda: accel.probe_cpu(batch=1), "batch = 1 is invalid"),
-    (lambda: accel.tune_cpu_allocator(100), "keep_bytes = 100 is invalid"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: accel.choose_precision("cpu", "fp16"), "precision = 'fp16' is invalid"),
+        (lambda: accel.choose_precision("gpu0", "auto"), "device = 'gpu0' is not a torch device"),
+        (lambda: accel.choose_channels_last("cpu", "yes"), "channels_last = 'yes' is invalid"),
+        (lambda: accel.choose_channels_last("cpu", 1.0), "channels_last = 1.0 is invalid"),
+        (lambda: accel.probe_cpu(batch=1), "batch = 1 is invalid"),
+        (lambda: accel.tune_cpu_allocator(100), "keep_bytes = 100 is invalid"),
+    ],
+)
 def test_bad_arguments_are_refused(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -90,8 +94,10 @@ def fake_timings(monkeypatch, seconds: dict[str, float]) -> list:
 
     def fake(candidates, batch, size, rounds, slow_factor):
         asked.append(list(candidates))
-        return {f"{p}/{'channels_last' if cl else 'nchw'}": seconds[f"{p}/{'channels_last' if cl else 'nchw'}"]
-                for p, cl in candidates}
+        return {
+            f"{p}/{'channels_last' if cl else 'nchw'}": seconds[f"{p}/{'channels_last' if cl else 'nchw'}"]
+            for p, cl in candidates
+        }
 
     monkeypatch.setattr(accel, "_time_candidates", fake)
     return asked
@@ -100,13 +106,16 @@ def fake_timings(monkeypatch, seconds: dict[str, float]) -> list:
 TIMES = {"fp32/nchw": 1.0, "fp32/channels_last": 0.8, "bf16/nchw": 0.5, "bf16/channels_last": 0.45}
 
 
-@pytest.mark.parametrize("native, times, precision, channels_last", [
-    (True, TIMES, "bf16", True),  # bf16 2x faster: chosen, with its faster layout
-    (True, {**TIMES, "bf16/nchw": 0.75, "bf16/channels_last": 0.74}, "fp32", True),  # 1.08x < margin: fp32
-    (None, TIMES, "bf16", True),  # flags unknown: the measurement decides
-    (True, {**TIMES, "bf16/channels_last": 0.49}, "bf16", False),  # 0.5 / 0.49 < 1.05: NCHW kept
-    (True, {**TIMES, "fp32/channels_last": 0.97, "bf16/nchw": 2.0, "bf16/channels_last": 2.0}, "fp32", False),
-])
+@pytest.mark.parametrize(
+    "native, times, precision, channels_last",
+    [
+        (True, TIMES, "bf16", True),  # bf16 2x faster: chosen, with its faster layout
+        (True, {**TIMES, "bf16/nchw": 0.75, "bf16/channels_last": 0.74}, "fp32", True),  # 1.08x < margin: fp32
+        (None, TIMES, "bf16", True),  # flags unknown: the measurement decides
+        (True, {**TIMES, "bf16/channels_last": 0.49}, "bf16", False),  # 0.5 / 0.49 < 1.05: NCHW kept
+        (True, {**TIMES, "fp32/channels_last": 0.97, "bf16/nchw": 2.0, "bf16/channels_last": 2.0}, "fp32", False),
+    ],
+)
 def test_auto_rule_on_given_timings(monkeypatch, native, times, precision, channels_last):
     asked = fake_timings(monkeypatch, times)
     probe = accel.probe_cpu(refresh=True, native_bf16=native)
@@ -183,8 +192,12 @@ def test_allocator_tuning_removes_the_page_faults_of_repeated_allocations():
             [x * 2 for _ in range(4)]  # four live 16 MB temporaries, freed together
         print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     """)
-    procs = {mode: subprocess.Popen([sys.executable, "-c", script, mode], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for mode in ("default", "tuned")}
+    procs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", script, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for mode in ("default", "tuned")
+    }
     faults = {}
     for mode, proc in procs.items():  # both at once: most of their time is importing torch
         out, err = proc.communicate(timeout=180)

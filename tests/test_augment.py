@@ -48,8 +48,7 @@ def crop_boxes(out: torch.Tensor) -> dict[str, torch.Tensor]:
     y0, y1 = out[:, 1, 0, :].mean(1), out[:, 1, -1, :].mean(1)
     sw, h = (x1 - x0) / (2 * half), (y1 - y0) / (2 * half)
     w = sw.abs()
-    return {"w": w, "h": h, "cx": (x0 + x1) / 2, "cy": (y0 + y1) / 2, "flip": sw < 0,
-            "area": w * h, "ratio": w / h}
+    return {"w": w, "h": h, "cx": (x0 + x1) / 2, "cy": (y0 + y1) / 2, "flip": sw < 0, "area": w * h, "ratio": w / h}
 
 
 def test_crop_of_the_coordinate_image_is_affine():
@@ -192,8 +191,10 @@ def hue_shift_reference(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def test_hue_shift_of_primaries_and_secondaries():
-    colours = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5],
-                            [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    colours = torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1]],
+        dtype=torch.float32,
+    )
     x = colours.T[None, :, :, None]  # one image, the colours down its first column
     for shift, roll in [(1 / 3, 1), (2 / 3, 2), (1.0, 0), (-1 / 3, 2)]:
         out = A._shift_hue(x, torch.tensor([shift]))[0, :, :, 0].T
@@ -201,8 +202,11 @@ def test_hue_shift_of_primaries_and_secondaries():
         expected = torch.cat([colours[:6].roll(roll, dims=1), colours[6:]])
         assert torch.allclose(out, expected, atol=1e-6), (shift, out)
     half = A._shift_hue(x, torch.tensor([0.5]))[0, :, :, 0].T  # half a turn: each primary to its complement
-    assert torch.allclose(half[:6], torch.tensor([[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0],
-                                                  [0, 1, 0]], dtype=torch.float32), atol=1e-6)
+    assert torch.allclose(
+        half[:6],
+        torch.tensor([[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.float32),
+        atol=1e-6,
+    )
     assert torch.equal(half[6:], colours[6:])  # greys have no hue
 
 
@@ -276,8 +280,12 @@ def test_color_jitter_against_a_float64_reference_with_the_drawn_factors():
     assert (out.double() - ref).abs().max() < 2e-5
     assert torch.allclose(out[~on], x[~on], atol=1e-6)  # images not drawn stay as they were
     # every factor reaches the pixels: one factor per image replaced by the batch mean moves the result
-    for factors in ((bf.mean().expand(n), cf, sf, shift), (bf, cf.mean().expand(n), sf, shift),
-                    (bf, cf, sf.mean().expand(n), shift), (bf, cf, sf, shift.mean().expand(n))):
+    for factors in (
+        (bf.mean().expand(n), cf, sf, shift),
+        (bf, cf.mean().expand(n), sf, shift),
+        (bf, cf, sf.mean().expand(n), shift),
+        (bf, cf, sf, shift.mean().expand(n)),
+    ):
         assert (out.double() - jitter_reference(x, *factors)).abs().max() > 1e-2
 
 
@@ -317,9 +325,9 @@ def test_blur_reduces_noise_variance_as_its_kernel_predicts():
     k = max(3, int(0.1 * side) // 2 * 2 + 1)  # documented: about 10% of the side, odd
     assert k == 7
     o = torch.arange(k, dtype=torch.float64) - k // 2
-    kern = torch.exp(-o ** 2 / (2 * sigma ** 2))
+    kern = torch.exp(-(o**2) / (2 * sigma**2))
     kern /= kern.sum()
-    predicted = (kern ** 2).sum().item() ** 2  # separable 2-D blur of white noise
+    predicted = (kern**2).sum().item() ** 2  # separable 2-D blur of white noise
     x = torch.rand(32, 3, side, side, generator=gen(24))
     out = A.gaussian_blur(x, p=1.0, sigma=(sigma, sigma), generator=gen(25))
     inner = (slice(None), slice(None), slice(k, -k), slice(k, -k))
@@ -356,8 +364,8 @@ def blur_moments(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 def kernel_second_moment(sigma: torch.Tensor, k: int) -> torch.Tensor:
     """sum_o o^2 K(o) of the normalised Gaussian kernel truncated at |o| <= k // 2, float64."""
     o = torch.arange(k, dtype=torch.float64) - k // 2
-    w = torch.exp(-o[None] ** 2 / (2 * sigma.double()[:, None] ** 2))
-    return (w * o ** 2).sum(1) / w.sum(1)
+    w = torch.exp(-(o[None] ** 2) / (2 * sigma.double()[:, None] ** 2))
+    return (w * o**2).sum(1) / w.sum(1)
 
 
 @pytest.mark.parametrize("side, kernel_size, k", [(41, 15, 15), (64, None, 7), (41, 5, 5), (33, None, 3)])
@@ -387,8 +395,9 @@ def test_blur_inside_the_pipeline_reaches_the_pixels_per_image():
     recipe = A.recipe_views("simclr", size=32, blur=True)[0]
     assert recipe.blur_p == 0.5
     # everything but the blur made the identity: full crop, no flip, no colour, no normalisation
-    r = replace(recipe, size=33, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0, mean=(0, 0, 0),
-                std=(1, 1, 1))
+    r = replace(
+        recipe, size=33, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     n = 400
     out = A.augment(impulses(n, 33), r, gen(51))
     mass, mx, my = blur_moments(out)
@@ -411,11 +420,11 @@ def test_blur_against_a_float64_reference_with_reflect_padding(k):
     sigma = 0.3 + 1.7 * torch.rand(6, generator=g)
     o = np.arange(k) - k // 2
     for i in range(6):
-        kern = np.exp(-o ** 2 / (2 * float(sigma[i]) ** 2)) if on[i] else (o == 0).astype(float)
+        kern = np.exp(-(o**2) / (2 * float(sigma[i]) ** 2)) if on[i] else (o == 0).astype(float)
         kern /= kern.sum()
         img = np.pad(x[i].double().numpy(), ((0, 0), (k // 2, k // 2), (k // 2, k // 2)), mode="reflect")
-        rows = sum(kern[j] * img[:, :, j:j + 11] for j in range(k))
-        ref = sum(kern[j] * rows[:, j:j + 9] for j in range(k))
+        rows = sum(kern[j] * img[:, :, j : j + 11] for j in range(k))
+        ref = sum(kern[j] * rows[:, j : j + 9] for j in range(k))
         assert np.abs(out[i].double().numpy() - ref).max() < 1e-6, (k, i)
 
 
@@ -460,8 +469,10 @@ def test_solarize():
     assert torch.equal(A.solarize(x, p=0.0, generator=gen()), x)
     # another threshold, with a pixel exactly at it (0.25 and 0.75 are exact in float32)
     z = torch.tensor([0.0, 0.2, 0.25, 0.3, 0.75, 1.0]).reshape(1, 1, 1, 6)
-    assert torch.equal(A.solarize(z, p=1.0, threshold=0.25, generator=gen()),
-                       torch.tensor([0.0, 0.2, 0.75, 0.7, 0.25, 0.0]).reshape(1, 1, 1, 6))
+    assert torch.equal(
+        A.solarize(z, p=1.0, threshold=0.25, generator=gen()),
+        torch.tensor([0.0, 0.2, 0.75, 0.7, 0.25, 0.0]).reshape(1, 1, 1, 6),
+    )
     y = torch.rand(4000, 1, 2, 2, generator=gen(28)) * 0.5 + 0.5  # every pixel above the threshold
     rate = (A.solarize(y, p=0.2, generator=gen(29)) != y).all(dim=(1, 2, 3)).float().mean().item()
     assert abs(rate - 0.2) < 0.03
@@ -576,10 +587,22 @@ def test_unknown_recipe():
     assert "simclr" in str(info.value) and "byol" in str(info.value)
 
 
-@pytest.mark.parametrize("field, value", [("flip_p", 1.5), ("jitter_p", -0.1), ("gray_p", 2.0), ("blur_p", -1.0),
-                                          ("solarize_p", 1.01), ("scale", (0.0, 1.0)), ("scale", (0.6, 0.3)),
-                                          ("scale", (0.2, 1.5)), ("ratio", (0.0, 1.0)), ("ratio", (2.0, 1.0)),
-                                          ("size", 2)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("flip_p", 1.5),
+        ("jitter_p", -0.1),
+        ("gray_p", 2.0),
+        ("blur_p", -1.0),
+        ("solarize_p", 1.01),
+        ("scale", (0.0, 1.0)),
+        ("scale", (0.6, 0.3)),
+        ("scale", (0.2, 1.5)),
+        ("ratio", (0.0, 1.0)),
+        ("ratio", (2.0, 1.0)),
+        ("size", 2),
+    ],
+)
 def test_view_recipe_rejects_bad_fields(field, value):
     with pytest.raises(ValueError, match=field):
         A.ViewRecipe(**{field: value})

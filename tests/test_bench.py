@@ -37,11 +37,22 @@ def test_rates_and_ratios_follow_the_clock(monkeypatch):
     monkeypatch.setattr(bench, "_clock", lambda: clock["t"])
     monkeypatch.setattr(bench, "train_step", step)
     monkeypatch.setattr(bench, "make_views", views)
-    cfg = BenchConfig(methods=["simclr"], er_variants=False, batch_size=16, warmup=1, steps=3, repeats=2,
-                      baseline_workers=0, paths=["fp32", "fp32-cl"], **SMALL)
+    cfg = BenchConfig(
+        methods=["simclr"],
+        er_variants=False,
+        batch_size=16,
+        warmup=1,
+        steps=3,
+        repeats=2,
+        baseline_workers=0,
+        paths=["fp32", "fp32-cl"],
+        **SMALL,
+    )
     report = run_benchmark(cfg, progress=False)
     assert [(r["path"], r["precision"], r["channels_last"]) for r in report["results"]] == [
-        ("fp32", "fp32", False), ("fp32-cl", "fp32", True)]
+        ("fp32", "fp32", False),
+        ("fp32-cl", "fp32", True),
+    ]
     for row in report["results"]:
         assert set(RESULT_FIELDS) <= set(row)
         assert row["e2e_images_per_s"] == pytest.approx(16 / 0.015)  # source images, not views
@@ -105,12 +116,39 @@ def test_auto_path_is_what_accel_chooses():
 @pytest.mark.slow
 def test_benchmark_on_the_cpu_reports_old_and_new_path_for_every_method(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--methods", "simclr,dino", "--backbone", "convnet_tiny", "--dataset", "synthetic",
-                 "--batch-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "3", "--workers", "1",
-                 "--small-heads", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--methods",
+                "simclr,dino",
+                "--backbone",
+                "convnet_tiny",
+                "--dataset",
+                "synthetic",
+                "--batch-size",
+                "32",
+                "--warmup",
+                "1",
+                "--steps",
+                "2",
+                "--repeats",
+                "3",
+                "--workers",
+                "1",
+                "--small-heads",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert [(r["method"], r["er"], r["path"]) for r in report["results"]] == [
-        (m, er, p) for m in ("simclr", "dino") for er in (False, True) for p in ("fp32", "auto")]
+        (m, er, p) for m in ("simclr", "dino") for er in (False, True) for p in ("fp32", "auto")
+    ]
     auto = ("bf16" if accel.choose_precision("cpu") else "fp32", accel.choose_channels_last("cpu"))
     for row in report["results"]:
         assert set(RESULT_FIELDS) <= set(row)
@@ -132,17 +170,38 @@ def test_benchmark_on_the_cpu_reports_old_and_new_path_for_every_method(tmp_path
 
 
 def test_deepcluster_bench_without_baseline():
-    cfg = BenchConfig(methods=["deepcluster"], er_variants=False, batch_size=32, warmup=0, steps=1, repeats=1,
-                      baseline=False, paths=["fp32"], **SMALL)
+    cfg = BenchConfig(
+        methods=["deepcluster"],
+        er_variants=False,
+        batch_size=32,
+        warmup=0,
+        steps=1,
+        repeats=1,
+        baseline=False,
+        paths=["fp32"],
+        **SMALL,
+    )
     report = run_benchmark(cfg, progress=False)
     row = report["results"][0]
     assert row["baseline_images_per_s"] is None and row["e2e_images_per_s"] > 0
     assert "deepcluster" in format_table(report)
 
 
-@pytest.mark.parametrize("field,value", [("methods", ["moco"]), ("methods", []), ("batch_size", 1), ("steps", 0),
-                                         ("repeats", 0), ("warmup", -1), ("backbone", "vgg"),
-                                         ("paths", ["fp16"]), ("paths", []), ("paths", ["fp32", "fp32"])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("methods", ["moco"]),
+        ("methods", []),
+        ("batch_size", 1),
+        ("steps", 0),
+        ("repeats", 0),
+        ("warmup", -1),
+        ("backbone", "vgg"),
+        ("paths", ["fp16"]),
+        ("paths", []),
+        ("paths", ["fp32", "fp32"]),
+    ],
+)
 def test_bad_bench_config(field, value):
     with pytest.raises(ValueError, match=f"BenchConfig.{field}"):
         BenchConfig(**{field: value}).validate()

@@ -46,14 +46,16 @@ def mp_log_vmf_constant(d: int, kappa: float, legacy: bool = False) -> float:
     return float(nu * mp.log(kappa) - mp.mpf(d) / 2 * mp.log(2 * mp.pi) - mp.log(bessel))
 
 
-def np_neg_log_kde(z: np.ndarray, kappa: float, log_c: float, leave_one_out: bool = False,
-                   at: np.ndarray | None = None) -> np.ndarray:
+def np_neg_log_kde(
+    z: np.ndarray, kappa: float, log_c: float, leave_one_out: bool = False, at: np.ndarray | None = None
+) -> np.ndarray:
     """-log p_hat(x_i) for each query x_i (default: the batch itself), p_hat(x) = mean_j C e^{kappa x.z_j}, by loops."""
     queries = z if at is None else at
     out = []
     for i, x in enumerate(queries):
-        terms = [math.exp(log_c + kappa * float(np.dot(x, zj))) for j, zj in enumerate(z)
-                 if not (leave_one_out and i == j)]
+        terms = [
+            math.exp(log_c + kappa * float(np.dot(x, zj))) for j, zj in enumerate(z) if not (leave_one_out and i == j)
+        ]
         out.append(-math.log(sum(terms) / len(terms)))
     return np.array(out)
 
@@ -89,8 +91,10 @@ def test_log_bessel_matches_mpmath_on_grid():
         assert abs(g - ref) <= 1e-10 * max(abs(ref), 1e-12), (n, k, g, ref)
 
 
-@pytest.mark.parametrize("nu,value", [(15, -2.259799), (63, -99.225268), (127, -286.959668), (499, -1801.956335),
-                                      (511, -1857.3505), (1023, -4424.8010)])
+@pytest.mark.parametrize(
+    "nu,value",
+    [(15, -2.259799), (63, -99.225268), (127, -286.959668), (499, -1801.956335), (511, -1857.3505), (1023, -4424.8010)],
+)
 def test_log_bessel_at_kappa_10_matches_tabulated_values(nu, value):
     got = float(B.log_bessel_iv(nu, torch.tensor(10.0, dtype=F64)))
     assert got == pytest.approx(value, abs=5e-5)
@@ -147,8 +151,11 @@ def test_legacy_constant_departs_where_bessel_drops_below_eps():
     mp.mp.dps = 30
     threshold = 1e-7 / math.expm1(0.01)
     expected = next(d for d in range(2, 200) if mp.besseli(d / 2 - 1, 10) < threshold)
-    departs = next(d for d in range(2, 200)
-                   if float(B.vmf_log_normalizer(d, 10.0) - B.vmf_log_normalizer(d, 10.0, legacy_constant=True)) > 0.01)
+    departs = next(
+        d
+        for d in range(2, 200)
+        if float(B.vmf_log_normalizer(d, 10.0) - B.vmf_log_normalizer(d, 10.0, legacy_constant=True)) > 0.01
+    )
     assert departs == expected and 44 < departs <= 50
 
 
@@ -289,11 +296,13 @@ def test_rows_normalised_in_half_precision_pass_the_check_and_are_estimated_in_f
     y = unit(torch.randn(64, d, generator=g).to(dtype))
     assert float((z.double().norm(dim=1) - 1).abs().max()) > 1e-4  # what the old fixed tolerance rejected
     z64, y64 = z.double(), y.double()  # the same (rounded) rows in float64: the reference
-    for value, reference in [(B.kde_entropy(z, 10.0), B.kde_entropy(z64, 10.0, check=False)),
-                             (B.normalized_entropy(z, 10.0), B.normalized_entropy(z64, 10.0, check=False)),
-                             (B.er_bound(y, z, 10.0), B.er_bound(y64, z64, 10.0, check=False)),
-                             (B.infonce_bound(y, z, 10.0), B.infonce_bound(y64, z64, 10.0, check=False)),
-                             (B.vmf_reconstruction(y, z, 10.0), B.vmf_reconstruction(y64, z64, 10.0, check=False))]:
+    for value, reference in [
+        (B.kde_entropy(z, 10.0), B.kde_entropy(z64, 10.0, check=False)),
+        (B.normalized_entropy(z, 10.0), B.normalized_entropy(z64, 10.0, check=False)),
+        (B.er_bound(y, z, 10.0), B.er_bound(y64, z64, 10.0, check=False)),
+        (B.infonce_bound(y, z, 10.0), B.infonce_bound(y64, z64, 10.0, check=False)),
+        (B.vmf_reconstruction(y, z, 10.0), B.vmf_reconstruction(y64, z64, 10.0, check=False)),
+    ]:
         assert value.dtype == torch.float32
         assert float(value) == pytest.approx(float(reference), rel=1e-5, abs=1e-4)
     p = torch.softmax(torch.randn(64, 50, generator=g).to(dtype), dim=1)  # probability rows in half precision
@@ -349,7 +358,8 @@ def test_categorical_reconstruction_is_minus_cross_entropy():
     assert float(B.categorical_reconstruction(target, logits)) == pytest.approx(float(ref), rel=1e-12)
     hard = F.one_hot(torch.arange(20) % 7, 7).to(F64)
     assert float(B.categorical_reconstruction(hard, logits)) == pytest.approx(
-        -float(F.cross_entropy(logits, torch.arange(20) % 7)), rel=1e-12)
+        -float(F.cross_entropy(logits, torch.arange(20) % 7)), rel=1e-12
+    )
 
 
 def test_vmf_reconstruction_is_mean_log_density():
@@ -367,8 +377,10 @@ def test_vmf_reconstruction_is_mean_log_density():
 def noisy_views(sigma: float, k: int = 256, d: int = 128, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(k, d, generator=g, dtype=F64)
-    return (unit(x + sigma * torch.randn(k, d, generator=g, dtype=F64)),
-            unit(x + sigma * torch.randn(k, d, generator=g, dtype=F64)))
+    return (
+        unit(x + sigma * torch.randn(k, d, generator=g, dtype=F64)),
+        unit(x + sigma * torch.randn(k, d, generator=g, dtype=F64)),
+    )
 
 
 @pytest.mark.parametrize("estimator", ["joe", "plugin"])
@@ -378,8 +390,9 @@ def test_er_bound_matches_entropy_plus_reconstruction_written_from_the_definitio
     z1, z2 = noisy_views(0.5, k=48, d=32)
     a, b = z1.numpy(), z2.numpy()
     log_c = mp_log_vmf_constant(32, 10.0)
-    reference = (np_entropy(np_neg_log_kde(b, 10.0, log_c, leave_one_out), estimator)
-                 + np_vmf_reconstruction(a, b, 10.0, log_c))
+    reference = np_entropy(np_neg_log_kde(b, 10.0, log_c, leave_one_out), estimator) + np_vmf_reconstruction(
+        a, b, 10.0, log_c
+    )
     got = float(B.er_bound(z1, z2, 10.0, estimator, leave_one_out))
     assert got == pytest.approx(reference, rel=1e-11, abs=1e-11)
 
@@ -396,8 +409,13 @@ def test_infonce_matches_its_definition_and_is_reconstruction_plus_cross_view_en
     a, b = z1.numpy(), z2.numpy()
     k, kappa = 48, 10.0
     # the definition: mean_i [s_ii - log mean_j e^{s_ij}], s_ij = kappa z1_i.z2_j
-    definition = sum(kappa * float(a[i] @ b[i])
-                     - math.log(sum(math.exp(kappa * float(a[i] @ b[j])) for j in range(k)) / k) for i in range(k)) / k
+    definition = (
+        sum(
+            kappa * float(a[i] @ b[i]) - math.log(sum(math.exp(kappa * float(a[i] @ b[j])) for j in range(k)) / k)
+            for i in range(k)
+        )
+        / k
+    )
     # the decomposition: vMF reconstruction + the KDE of the Z2 batch evaluated at the other view, -log p_hat(z1_i)
     log_c = mp_log_vmf_constant(16, kappa)
     decomposition = np_vmf_reconstruction(a, b, kappa, log_c) + float(np_neg_log_kde(b, kappa, log_c, at=a).mean())
@@ -406,15 +424,19 @@ def test_infonce_matches_its_definition_and_is_reconstruction_plus_cross_view_en
     assert got == pytest.approx(decomposition, rel=1e-10)
 
 
-@pytest.mark.parametrize("sigma,er,nce", [(0.0, 5.528, 5.528), (0.1, 5.428, 5.526), (0.5, 3.523, 5.420),
-                                          (1.0, 0.550, 4.254), (3.0, -3.492, 0.583)])
+@pytest.mark.parametrize(
+    "sigma,er,nce",
+    [(0.0, 5.528, 5.528), (0.1, 5.428, 5.526), (0.5, 3.523, 5.420), (1.0, 0.550, 4.254), (3.0, -3.492, 0.583)],
+)
 def test_spherical_toy_table_within_three_standard_deviations(sigma, er, nce):
     # reference values: one draw each (k = 256, d = 128, kappa = 10, 3 decimals), stated per-draw std <= 0.06. Our mean
     # of n draws differs from one reference draw with std s * sqrt(1 + 1/n), s = our measured per-draw std.
     n = 12
     draws = [noisy_views(sigma, seed=s) for s in range(n)]
-    for values, reference in [([float(B.er_bound(a, b, 10.0)) for a, b in draws], er),
-                              ([float(B.infonce_bound(a, b, 10.0)) for a, b in draws], nce)]:
+    for values, reference in [
+        ([float(B.er_bound(a, b, 10.0)) for a, b in draws], er),
+        ([float(B.infonce_bound(a, b, 10.0)) for a, b in draws], nce),
+    ]:
         spread = statistics.stdev(values)
         assert spread <= 0.06
         assert statistics.fmean(values) == pytest.approx(reference, abs=3 * spread * math.sqrt(1 + 1 / n) + 5e-4)
@@ -476,44 +498,50 @@ Z = sphere(8, 4)
 P = torch.softmax(torch.randn(8, 5, dtype=F64), dim=1)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: B.kde_entropy(Z * 2, 10.0), "z rows must be unit"),
-    (lambda: B.kde_entropy(unit(torch.randn(8, 64)).half() * 1.01, 10.0), "z rows must be unit .* torch.float16"),
-    (lambda: B.kde_entropy(Z[:1], 10.0), "at least 2"),
-    (lambda: B.kde_entropy(Z[0], 10.0), "2-D"),
-    (lambda: B.kde_entropy(Z, 0.0), r"kappa must be a finite number in \(0, 1000\].*got kappa=0.0"),
-    (lambda: B.kde_entropy(Z, -1.0), r"kappa must be a finite number in \(0, 1000\].*got kappa=-1.0"),
-    (lambda: B.kde_entropy(Z, 1e9), r"kappa must be a finite number in \(0, 1000\].*got kappa=1000000000.0"),
-    (lambda: B.kde_entropy(Z, torch.tensor(1000.5)), r"in \(0, 1000\].*got kappa=1000.5"),
-    (lambda: B.kde_entropy(Z, torch.tensor([])), r"kappa must be a scalar .* shape \(0,\)"),
-    (lambda: B.kde_entropy(Z, torch.tensor([5.0, 10.0])), r"kappa must be a scalar .* shape \(2,\)"),
-    (lambda: B.er_bound(Z, Z, torch.ones(1, 1)), r"kappa must be a scalar .* shape \(1, 1\)"),
-    (lambda: B.kde_entropy(Z, True), "kappa must be a real number .* got bool True"),
-    (lambda: B.kde_entropy(Z, "10"), "kappa must be a real number .* got str '10'"),
-    (lambda: B.vmf_reconstruction(Z, Z, float("nan")), "kappa must be a finite number"),
-    (lambda: B.log_bessel_iv(3, torch.tensor([])), "kappa is an empty tensor"),
-    (lambda: B.log_bessel_iv(torch.tensor([]), 10.0), "nu is an empty tensor"),
-    (lambda: B.log_bessel_iv(3, torch.tensor([1.0, 1e9])), r"\(0, 1000\].*got 1000000000.0 \(first bad value of 2\)"),
-    (lambda: B.vmf_log_normalizer(16, torch.tensor([10.0, 0.0])), r"in \(0, 1000\].*got 0.0"),
-    (lambda: B.vmf_log_normalizer(16, 2000.0), r"in \(0, 1000\].*got kappa=2000.0"),
-    (lambda: B.kde_entropy(Z, 10.0, estimator="average"), "estimator"),
-    (lambda: B.kde_entropy(torch.full((4, 3), float("nan"), dtype=F64), 10.0), "NaN"),
-    (lambda: B.kde_entropy(torch.ones(4, 3, dtype=torch.long), 10.0), "floating"),
-    (lambda: B.marginal_entropy(P * 2), "p rows must sum to 1"),
-    (lambda: B.marginal_entropy((P * 1.02).half()), "p rows must sum to 1 .* torch.float16"),
-    (lambda: B.marginal_entropy(P - 0.5), "negative"),
-    (lambda: B.conditional_entropy(P[:1]), "at least 2"),
-    (lambda: B.vmf_reconstruction(Z, sphere(8, 5), 10.0), "same shape"),
-    (lambda: B.vmf_reconstruction(Z, Z * 3, 10.0), "target rows must be unit"),
-    (lambda: B.categorical_reconstruction(P, torch.randn(8, 6, dtype=F64)), "same shape"),
-    (lambda: B.categorical_reconstruction(P, torch.full((8, 5), float("inf"), dtype=F64)), "pred_logits"),
-    (lambda: B.er_bound(Z, Z[:4], 10.0), "same shape"),
-    (lambda: B.infonce_bound(Z, Z, float("inf")), "kappa must be a finite number .* got kappa=inf"),
-    (lambda: B.vmf_log_normalizer(1, 10.0), "d must be"),
-    (lambda: B.log_bessel_iv(-1, 10.0), "nu"),
-    (lambda: B.gaussian_mi(1.0, 3), "rho"),
-    (lambda: B.GaussianToy(0.5).sample(1), "k"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: B.kde_entropy(Z * 2, 10.0), "z rows must be unit"),
+        (lambda: B.kde_entropy(unit(torch.randn(8, 64)).half() * 1.01, 10.0), "z rows must be unit .* torch.float16"),
+        (lambda: B.kde_entropy(Z[:1], 10.0), "at least 2"),
+        (lambda: B.kde_entropy(Z[0], 10.0), "2-D"),
+        (lambda: B.kde_entropy(Z, 0.0), r"kappa must be a finite number in \(0, 1000\].*got kappa=0.0"),
+        (lambda: B.kde_entropy(Z, -1.0), r"kappa must be a finite number in \(0, 1000\].*got kappa=-1.0"),
+        (lambda: B.kde_entropy(Z, 1e9), r"kappa must be a finite number in \(0, 1000\].*got kappa=1000000000.0"),
+        (lambda: B.kde_entropy(Z, torch.tensor(1000.5)), r"in \(0, 1000\].*got kappa=1000.5"),
+        (lambda: B.kde_entropy(Z, torch.tensor([])), r"kappa must be a scalar .* shape \(0,\)"),
+        (lambda: B.kde_entropy(Z, torch.tensor([5.0, 10.0])), r"kappa must be a scalar .* shape \(2,\)"),
+        (lambda: B.er_bound(Z, Z, torch.ones(1, 1)), r"kappa must be a scalar .* shape \(1, 1\)"),
+        (lambda: B.kde_entropy(Z, True), "kappa must be a real number .* got bool True"),
+        (lambda: B.kde_entropy(Z, "10"), "kappa must be a real number .* got str '10'"),
+        (lambda: B.vmf_reconstruction(Z, Z, float("nan")), "kappa must be a finite number"),
+        (lambda: B.log_bessel_iv(3, torch.tensor([])), "kappa is an empty tensor"),
+        (lambda: B.log_bessel_iv(torch.tensor([]), 10.0), "nu is an empty tensor"),
+        (
+            lambda: B.log_bessel_iv(3, torch.tensor([1.0, 1e9])),
+            r"\(0, 1000\].*got 1000000000.0 \(first bad value of 2\)",
+        ),
+        (lambda: B.vmf_log_normalizer(16, torch.tensor([10.0, 0.0])), r"in \(0, 1000\].*got 0.0"),
+        (lambda: B.vmf_log_normalizer(16, 2000.0), r"in \(0, 1000\].*got kappa=2000.0"),
+        (lambda: B.kde_entropy(Z, 10.0, estimator="average"), "estimator"),
+        (lambda: B.kde_entropy(torch.full((4, 3), float("nan"), dtype=F64), 10.0), "NaN"),
+        (lambda: B.kde_entropy(torch.ones(4, 3, dtype=torch.long), 10.0), "floating"),
+        (lambda: B.marginal_entropy(P * 2), "p rows must sum to 1"),
+        (lambda: B.marginal_entropy((P * 1.02).half()), "p rows must sum to 1 .* torch.float16"),
+        (lambda: B.marginal_entropy(P - 0.5), "negative"),
+        (lambda: B.conditional_entropy(P[:1]), "at least 2"),
+        (lambda: B.vmf_reconstruction(Z, sphere(8, 5), 10.0), "same shape"),
+        (lambda: B.vmf_reconstruction(Z, Z * 3, 10.0), "target rows must be unit"),
+        (lambda: B.categorical_reconstruction(P, torch.randn(8, 6, dtype=F64)), "same shape"),
+        (lambda: B.categorical_reconstruction(P, torch.full((8, 5), float("inf"), dtype=F64)), "pred_logits"),
+        (lambda: B.er_bound(Z, Z[:4], 10.0), "same shape"),
+        (lambda: B.infonce_bound(Z, Z, float("inf")), "kappa must be a finite number .* got kappa=inf"),
+        (lambda: B.vmf_log_normalizer(1, 10.0), "d must be"),
+        (lambda: B.log_bessel_iv(-1, 10.0), "nu"),
+        (lambda: B.gaussian_mi(1.0, 3), "rho"),
+        (lambda: B.GaussianToy(0.5).sample(1), "k"),
+    ],
+)
 def test_bad_input_raises_value_error_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -34,10 +34,19 @@ from erlib.notebooks import NotebookResult, render_html, write_index
 ROOT = Path(__file__).resolve().parent.parent
 #: Flags for headless Chromium as root on a closed network (without the background-networking ones its own
 #: connections to update and sync services are refused many at a time).
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000"]
-NOTEBOOK_TIMEOUT = 420      # seconds for Run All of one notebook on a busy 2-core CPU
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+]
+NOTEBOOK_TIMEOUT = 420  # seconds for Run All of one notebook on a busy 2-core CPU
 SERVER_TIMEOUT = 90
 
 
@@ -51,8 +60,10 @@ def _browser_tools() -> tuple[str, str]:
     except ImportError:
         missing.append("selenium")
     if missing:
-        how = ["apt-get install -y chromium chromium-driver" if chromium is None or driver is None else "",
-               "pip install selenium" if missing[-1].startswith("selenium") else ""]
+        how = [
+            "apt-get install -y chromium chromium-driver" if chromium is None or driver is None else "",
+            "pip install selenium" if missing[-1].startswith("selenium") else "",
+        ]
         reason = f"browser test needs {', '.join(missing)}; install with: {' and '.join(h for h in how if h)}"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {reason}")
@@ -124,32 +135,63 @@ def lab(tools, tmp_path_factory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("jupyterlab")
     root = base / "root"
     root.mkdir()
-    _with_parameters(ROOT / "notebooks" / "00_quickstart.ipynb", root / "00_quickstart.ipynb",
-                     {"output_dir": str(root / "figures" / "00_quickstart"), "runs_dir": str(root / "runs")},
-                     {"epochs": 1})
-    _with_parameters(ROOT / "notebooks" / "02_estimators.ipynb", root / "02_estimators.ipynb",
-                     {"output_dir": str(root / "figures" / "02_estimators")})
+    _with_parameters(
+        ROOT / "notebooks" / "00_quickstart.ipynb",
+        root / "00_quickstart.ipynb",
+        {"output_dir": str(root / "figures" / "00_quickstart"), "runs_dir": str(root / "runs")},
+        {"epochs": 1},
+    )
+    _with_parameters(
+        ROOT / "notebooks" / "02_estimators.ipynb",
+        root / "02_estimators.ipynb",
+        {"output_dir": str(root / "figures" / "02_estimators")},
+    )
     settings = base / "settings"
-    for plugin, values in {"@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
-                                                                          "checkForUpdates": False},
-                           "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"}}.items():
+    for plugin, values in {
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    }.items():
         path = settings / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_DATA_DIR": str(base / "data"),
-           "JUPYTER_RUNTIME_DIR": str(base / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(settings),
-           "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"), "IPYTHONDIR": str(base / "ipython"),
-           "MPLCONFIGDIR": str(base / "matplotlib"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(base / "config"),
+        "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
+        "IPYTHONDIR": str(base / "ipython"),
+        "MPLCONFIGDIR": str(base / "matplotlib"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     token, port = secrets.token_hex(16), _free_port()
     log = base / "jupyterlab.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--LabApp.extension_manager=readonly",
-           "--ServerApp.terminals_enabled=False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.terminals_enabled=False",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT
@@ -200,11 +242,19 @@ def browser(tools, tmp_path_factory):
 # Driving JupyterLab
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 def _wait(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.5):
-    """The first truthy value of ``condition()`` within ``timeout`` seconds; a test failure naming ``what`` after."""
+    """The first truthy value of ``condition()`` within ``timeout`` seconds; a test failure naming ``what`` after.
+
+    An element that JupyterLab or plotly replaced while ``condition`` read it (a redraw) counts as "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -222,7 +272,8 @@ def _prompts(driver) -> list[str]:
     """The input prompts ('[ ]:', '[*]:', '[3]:') of the open notebook's code cells, read in one script call."""
     return driver.execute_script(
         "return [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]"
-        ".map(e => e.textContent.trim())")
+        ".map(e => e.textContent.trim())"
+    )
 
 
 def _kernel_idle(driver) -> bool:
@@ -240,7 +291,7 @@ def _menu(driver, menu: str, command: str) -> None:
 def _open_and_run_all(driver, lab: Lab, name: str, shots: Path) -> float:
     """Open ``name`` in JupyterLab, wait for its kernel, Run → Run All Cells, wait until the kernel is idle with no
     cell queued or running. Returns the seconds Run All took."""
-    driver.get(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")   # reset: no tab of an earlier test
+    driver.get(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")  # reset: no tab of an earlier test
     _wait(lambda: len(_prompts(driver)) > 1 and _kernel_idle(driver), 120, f"{name} to open with an idle kernel")
     start = time.monotonic()
     # JupyterLab marks queued cells "[*]:" as soon as it sends them; on a loaded machine the first click can land
@@ -258,7 +309,7 @@ def _open_and_run_all(driver, lab: Lab, name: str, shots: Path) -> float:
     def finished() -> bool:
         done = _kernel_idle(driver) and not any(p == "[*]:" for p in _prompts(driver))
         stable[0] = stable[0] + 1 if done else 0
-        return stable[0] >= 3           # idle with nothing queued for three polls in a row
+        return stable[0] >= 3  # idle with nothing queued for three polls in a row
 
     _wait(finished, NOTEBOOK_TIMEOUT, f"{name}: all cells to finish", poll=1.0)
     seconds = time.monotonic() - start
@@ -290,13 +341,18 @@ def _errors_on_screen(driver) -> list[str]:
 
 
 def _error_outputs(nb: dict) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb["cells"] for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+    return [
+        f"{o.get('ename')}: {o.get('evalue')}"
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The tests
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class EstimatorsSession:
@@ -351,9 +407,15 @@ def test_estimators_widgets_render_and_slider_redraws_the_figure(lab, browser, s
     handle = kappa.find_element("css selector", ".noUi-handle")
     ActionChains(browser).click_and_hold(handle).move_by_offset(40, 0).release().perform()
     _wait(lambda: kappa.find_element("css selector", ".widget-readout").text != readout, 20, "the κ readout to move")
-    after = _wait(lambda: [f.get_attribute("innerHTML") for f in _css(browser, ".widget-output .js-plotly-plot "
-                                                                      ".main-svg")
-                           if f.get_attribute("innerHTML") != before], 60, "the playground figure to redraw")
+    after = _wait(
+        lambda: [
+            f.get_attribute("innerHTML")
+            for f in _css(browser, ".widget-output .js-plotly-plot .main-svg")
+            if f.get_attribute("innerHTML") != before
+        ],
+        60,
+        "the playground figure to redraw",
+    )
     assert after and after[0] != before
     time.sleep(1)
     _css(browser, ".widget-vbox")[0].screenshot(str(shots / "02_estimators-playground-after.png"))
@@ -378,17 +440,26 @@ def test_report_page_opens_in_chromium_and_figures_work_offline(lab, browser, sh
     _wait(lambda: browser.execute_script("return document.readyState") == "complete", 30, "index.html to load")
     images = _css(browser, "img")
     assert len(images) == len(list(figures.glob("*.png"))) >= 2
-    broken = [i.get_attribute("src") for i in images
-              if not browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)]
+    broken = [
+        i.get_attribute("src")
+        for i in images
+        if not browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+    ]
     assert not broken, f"images that did not load: {broken}"
     browser.save_screenshot(str(shots / "index.png"))
 
     browser.get((run_dir / "02_estimators.html").as_uri())
     plots = _wait(lambda: _css(browser, ".js-plotly-plot .main-svg"), 60, "plotly figures in the rendered notebook")
-    figures_in_notebook = sum(1 for c in estimators.saved["cells"] for o in c.get("outputs", [])
-                              if "application/vnd.plotly.v1+json" in o.get("data", {}))
-    assert len({p.find_element("xpath", "ancestor::div[contains(@class, 'js-plotly-plot')]").id for p in plots}) \
+    figures_in_notebook = sum(
+        1
+        for c in estimators.saved["cells"]
+        for o in c.get("outputs", [])
+        if "application/vnd.plotly.v1+json" in o.get("data", {})
+    )
+    assert (
+        len({p.find_element("xpath", "ancestor::div[contains(@class, 'js-plotly-plot')]").id for p in plots})
         == figures_in_notebook
+    )
     browser.save_screenshot(str(shots / "02_estimators-rendered.png"))
 
     interactive = next(figures.glob("*.html"))

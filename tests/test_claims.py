@@ -22,14 +22,31 @@ LOG = math.log
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def make_run(role: str, method: str, er: bool = False, options: dict | None = None, *, epochs: dict | None = None,
-             train: dict | None = None, batch_size: int = 256, monitor_size: int = 512,
-             dataset: str = "cifar10-jpeg75", per_epoch: int = 4) -> Run:
+def make_run(
+    role: str,
+    method: str,
+    er: bool = False,
+    options: dict | None = None,
+    *,
+    epochs: dict | None = None,
+    train: dict | None = None,
+    batch_size: int = 256,
+    monitor_size: int = 512,
+    dataset: str = "cifar10-jpeg75",
+    per_epoch: int = 4,
+) -> Run:
     """A Run whose "epoch" records hold ``epochs[key][e]`` at epoch e = 0, 1, ... and whose "train" records hold
     ``train[key][e - 1]`` (a number, or a list with one value per record) at ``per_epoch`` steps inside epoch e."""
     epochs, train = epochs or {}, train or {}
-    config = {"method": method, "er": er, "method_options": dict(options or {}), "dataset": dataset,
-              "batch_size": batch_size, "monitor_size": monitor_size, "seed": 0}
+    config = {
+        "method": method,
+        "er": er,
+        "method_options": dict(options or {}),
+        "dataset": dataset,
+        "batch_size": batch_size,
+        "monitor_size": monitor_size,
+        "seed": 0,
+    }
     records = []
     n_epochs = max((len(v) for v in epochs.values()), default=0)
     n_train = max((len(v) for v in train.values()), default=0)
@@ -66,8 +83,12 @@ N = 13  # epoch records 0 ... 12
 
 
 def byol_run(eta: list[float], cosine: list[float], **kw) -> Run:
-    return make_run("byol", "byol", epochs={"monitor_eta_target": eta, "monitor_reconstruction": cosine,
-                                            "knn200": ramp(0.15, 0.45, len(eta))}, **kw)
+    return make_run(
+        "byol",
+        "byol",
+        epochs={"monitor_eta_target": eta, "monitor_reconstruction": cosine, "knn200": ramp(0.15, 0.45, len(eta))},
+        **kw,
+    )
 
 
 def c2_pass_run(**kw) -> Run:
@@ -118,17 +139,29 @@ def test_c2_fails_on_a_stable_collapse():
 E = 11  # epoch records 0 ... 10
 
 
-def distill_runs(method: str, knn_er0: float = 0.38, eta_er0: list[float] | None = None, knn_orig0: float = 0.25,
-                 eta_orig0: float = 0.30, knn_hi: float = 0.40, eta_hi: float = 0.60, **kw) -> dict[str, Run]:
+def distill_runs(
+    method: str,
+    knn_er0: float = 0.38,
+    eta_er0: list[float] | None = None,
+    knn_orig0: float = 0.25,
+    eta_orig0: float = 0.30,
+    knn_hi: float = 0.40,
+    eta_hi: float = 0.60,
+    **kw,
+) -> dict[str, Run]:
     def run(role, er, options, knn, eta):
-        return make_run(role, method, er, options, epochs={"knn200": ramp(0.12, knn, E), "monitor_eta_online": eta},
-                        **kw)
+        return make_run(
+            role, method, er, options, epochs={"knn200": ramp(0.12, knn, E), "monitor_eta_online": eta}, **kw
+        )
 
     eta_er0 = eta_er0 or [0.7, 0.6, 0.55, 0.5, 0.5, 0.52, 0.5, 0.5, 0.51, 0.5, 0.5]  # min 0.5 >= 0.5 * 0.6
-    return {method: run(method, False, {}, knn_hi, ramp(0.7, eta_hi, E)),
-            f"{method}@tau_base=0.0": run(f"{method}@tau_base=0.0", False, {"tau_base": 0.0}, knn_orig0,
-                                          ramp(0.7, eta_orig0, E)),
-            f"{method}-er@tau_base=0.0": run(f"{method}-er@tau_base=0.0", True, {"tau_base": 0.0}, knn_er0, eta_er0)}
+    return {
+        method: run(method, False, {}, knn_hi, ramp(0.7, eta_hi, E)),
+        f"{method}@tau_base=0.0": run(
+            f"{method}@tau_base=0.0", False, {"tau_base": 0.0}, knn_orig0, ramp(0.7, eta_orig0, E)
+        ),
+        f"{method}-er@tau_base=0.0": run(f"{method}-er@tau_base=0.0", True, {"tau_base": 0.0}, knn_er0, eta_er0),
+    }
 
 
 def test_c3_passes_when_er_beats_the_hurt_original_at_tau_zero_and_keeps_its_entropy():
@@ -144,12 +177,15 @@ def test_c3_is_decided_on_the_methods_given():
     assert set(C.c3_small_ema(distill_runs("byol")).numbers) == {"byol"}
 
 
-@pytest.mark.parametrize("change,why", [
-    ({"knn_er0": 0.29}, "ER only 4 points above the original"),
-    ({"eta_er0": [0.7, 0.6, 0.5, 0.4, 0.29, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]}, "ER eta below half its epoch-1 value"),
-    ({"eta_er0": [0.7, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04]}, "ER collapsed from epoch 1"),
-    ({"knn_orig0": 0.395, "eta_orig0": 0.59, "knn_er0": 0.45}, "the original is not hurt by tau_base = 0"),
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ({"knn_er0": 0.29}, "ER only 4 points above the original"),
+        ({"eta_er0": [0.7, 0.6, 0.5, 0.4, 0.29, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]}, "ER eta below half its epoch-1 value"),
+        ({"eta_er0": [0.7, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04]}, "ER collapsed from epoch 1"),
+        ({"knn_orig0": 0.395, "eta_orig0": 0.59, "knn_er0": 0.45}, "the original is not hurt by tau_base = 0"),
+    ],
+)
 def test_c3_fails_when_one_condition_fails(change, why):
     v = C.c3_small_ema(distill_runs("byol", **change))
     assert v.status == C.FAIL, why
@@ -163,8 +199,9 @@ def test_c3_fails_when_one_of_two_methods_fails():
 
 def test_c3_reports_the_optional_er_run_at_high_tau():
     runs = distill_runs("byol")
-    runs["byol-er"] = make_run("byol-er", "byol", True, epochs={"knn200": ramp(0.1, 0.42, E),
-                                                                "monitor_eta_online": flat(0.7, E)})
+    runs["byol-er"] = make_run(
+        "byol-er", "byol", True, epochs={"knn200": ramp(0.1, 0.42, E), "monitor_eta_online": flat(0.7, E)}
+    )
     assert C.c3_small_ema(runs).numbers["byol"]["knn_er_high"] == pytest.approx(0.42)
 
 
@@ -189,14 +226,19 @@ def batch_runs(method: str, drop_orig: float, drop_er: float, small: int = 64) -
     for er, drop in ((False, drop_orig), (True, drop_er)):
         name = method + ("-er" if er else "")
         out[name] = make_run(name, method, er, epochs={"knn200": ramp(0.1, 0.50, E)}, batch_size=256)
-        out[f"{name}@bs-small"] = make_run(f"{name}@bs-small", method, er,
-                                           epochs={"knn200": ramp(0.1, 0.50 - drop, E)}, batch_size=small)
+        out[f"{name}@bs-small"] = make_run(
+            f"{name}@bs-small", method, er, epochs={"knn200": ramp(0.1, 0.50 - drop, E)}, batch_size=small
+        )
     return out
 
 
 def test_c4_passes_when_originals_drop_more_for_a_majority():
-    runs = (batch_runs("simclr", 0.08, 0.02) | batch_runs("swav", 0.10, 0.03) | batch_runs("byol", 0.05, 0.01)
-            | batch_runs("dino", 0.01, 0.04))
+    runs = (
+        batch_runs("simclr", 0.08, 0.02)
+        | batch_runs("swav", 0.10, 0.03)
+        | batch_runs("byol", 0.05, 0.01)
+        | batch_runs("dino", 0.01, 0.04)
+    )
     v = C.c4_small_batches(runs)
     assert v.status == C.PASS and (v.numbers["methods_holding"], v.numbers["methods"]) == (3, 4)
     assert v.numbers["simclr"]["drop_orig"] == pytest.approx(0.08) and v.numbers["dino"]["holds"] is False
@@ -204,8 +246,12 @@ def test_c4_passes_when_originals_drop_more_for_a_majority():
 
 
 def test_c4_fails_without_a_strict_majority():
-    runs = (batch_runs("simclr", 0.08, 0.02) | batch_runs("swav", 0.10, 0.03) | batch_runs("byol", 0.01, 0.05)
-            | batch_runs("dino", 0.01, 0.04))
+    runs = (
+        batch_runs("simclr", 0.08, 0.02)
+        | batch_runs("swav", 0.10, 0.03)
+        | batch_runs("byol", 0.01, 0.05)
+        | batch_runs("dino", 0.01, 0.04)
+    )
     v = C.c4_small_batches(runs)
     assert v.status == C.FAIL and v.numbers["methods_holding"] == 2
 
@@ -221,8 +267,10 @@ def test_c4_is_inconclusive_when_the_small_batch_is_not_smaller():
 
 
 def pair(method: str, knn_orig: float, knn_er: float, untrained: float = 0.12) -> dict[str, Run]:
-    return {name: make_run(name, method, er, epochs={"knn200": ramp(untrained, knn, E)})
-            for name, er, knn in ((method, False, knn_orig), (f"{method}-er", True, knn_er))}
+    return {
+        name: make_run(name, method, er, epochs={"knn200": ramp(untrained, knn, E)})
+        for name, er, knn in ((method, False, knn_orig), (f"{method}-er", True, knn_er))
+    }
 
 
 def test_c5_passes_when_every_er_variant_is_within_the_margin():
@@ -250,20 +298,38 @@ K = 100
 E6 = 6  # epoch records 0 ... 5
 
 
-def clustering_runs(code_marginal: list | None = None, swav_ce: list[float] | None = None,
-                    swav_pred: tuple[float, float] = (4.0, 2.0), dc_target: tuple[float, float] = (3.5, 0.0),
-                    dc_pred: tuple[float, float] = (3.0, 1.0), dc_ce: list[float] | None = None) -> dict[str, Run]:
+def clustering_runs(
+    code_marginal: list | None = None,
+    swav_ce: list[float] | None = None,
+    swav_pred: tuple[float, float] = (4.0, 2.0),
+    dc_target: tuple[float, float] = (3.5, 0.0),
+    dc_pred: tuple[float, float] = (3.0, 1.0),
+    dc_ce: list[float] | None = None,
+) -> dict[str, Run]:
     code_marginal = code_marginal or flat(0.99 * LOG(K), E6 - 1)
-    swav = make_run("swav", "swav", options={"num_prototypes": K}, train={"marginal_entropy_target": code_marginal},
-                    epochs={"monitor_cross_entropy": swav_ce or ramp(4.6, 3.0, E6),
-                            "monitor_marginal_entropy_pred": flat(swav_pred[0], E6),
-                            "monitor_conditional_entropy_pred": flat(swav_pred[1], E6)})
-    dc = make_run("deepcluster", "deepcluster", options={"num_prototypes": [K, K]},
-                  epochs={"monitor_cross_entropy": dc_ce or [4.6, 4.6, 4.0, 3.5, 3.2, 3.0],
-                          "monitor_marginal_entropy_target": flat(dc_target[0], E6),
-                          "monitor_conditional_entropy_target": flat(dc_target[1], E6),
-                          "monitor_marginal_entropy_pred": flat(dc_pred[0], E6),
-                          "monitor_conditional_entropy_pred": flat(dc_pred[1], E6)})
+    swav = make_run(
+        "swav",
+        "swav",
+        options={"num_prototypes": K},
+        train={"marginal_entropy_target": code_marginal},
+        epochs={
+            "monitor_cross_entropy": swav_ce or ramp(4.6, 3.0, E6),
+            "monitor_marginal_entropy_pred": flat(swav_pred[0], E6),
+            "monitor_conditional_entropy_pred": flat(swav_pred[1], E6),
+        },
+    )
+    dc = make_run(
+        "deepcluster",
+        "deepcluster",
+        options={"num_prototypes": [K, K]},
+        epochs={
+            "monitor_cross_entropy": dc_ce or [4.6, 4.6, 4.0, 3.5, 3.2, 3.0],
+            "monitor_marginal_entropy_target": flat(dc_target[0], E6),
+            "monitor_conditional_entropy_target": flat(dc_target[1], E6),
+            "monitor_marginal_entropy_pred": flat(dc_pred[0], E6),
+            "monitor_conditional_entropy_pred": flat(dc_pred[1], E6),
+        },
+    )
     return {"swav": swav, "deepcluster": dc}
 
 
@@ -284,15 +350,20 @@ def test_c6_ignores_the_first_epoch_of_codes_and_uses_epoch_2_for_deepcluster_ce
     assert v.status == C.PASS
 
 
-@pytest.mark.parametrize("change,why", [
-    ({"code_marginal": flat(0.99 * LOG(K), 3) + [[0.99 * LOG(K)] * 3 + [0.94 * LOG(K)]] + [0.99 * LOG(K)]},
-     "one code marginal below 0.95 log K after epoch 1"),
-    ({"swav_ce": [4.6, 3.0, 3.2, 3.4, 3.6, 3.8]}, "SwAV's cross-entropy rose"),
-    ({"swav_pred": (3.0, 2.1)}, "SwAV's predictions carry 0.9 nat"),
-    ({"dc_target": (0.9, 0.0)}, "DeepCluster's clusters carry 0.9 nat"),
-    ({"dc_pred": (4.5, 3.6)}, "DeepCluster's predictions carry 0.9 nat (a collapsed network, spread clusters)"),
-    ({"dc_ce": [4.6, 4.6, 3.0, 3.1, 3.2, 3.3]}, "DeepCluster's cross-entropy rose from epoch 2"),
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (
+            {"code_marginal": flat(0.99 * LOG(K), 3) + [[0.99 * LOG(K)] * 3 + [0.94 * LOG(K)]] + [0.99 * LOG(K)]},
+            "one code marginal below 0.95 log K after epoch 1",
+        ),
+        ({"swav_ce": [4.6, 3.0, 3.2, 3.4, 3.6, 3.8]}, "SwAV's cross-entropy rose"),
+        ({"swav_pred": (3.0, 2.1)}, "SwAV's predictions carry 0.9 nat"),
+        ({"dc_target": (0.9, 0.0)}, "DeepCluster's clusters carry 0.9 nat"),
+        ({"dc_pred": (4.5, 3.6)}, "DeepCluster's predictions carry 0.9 nat (a collapsed network, spread clusters)"),
+        ({"dc_ce": [4.6, 4.6, 3.0, 3.1, 3.2, 3.3]}, "DeepCluster's cross-entropy rose from epoch 2"),
+    ],
+)
 def test_c6_fails_when_one_condition_fails(change, why):
     assert C.c6_clustering_maximises_mi(clustering_runs(**change)).status == C.FAIL, why
 
@@ -309,18 +380,28 @@ def test_c6_is_inconclusive_without_the_deepcluster_run():
 KD = 256
 
 
-def dino_ablation(both=(5.0, 1.5), centering_only=(5.4, 5.3), sharpening_only=(0.2, 0.1),
-                  out_dim: int | None = KD) -> dict[str, Run]:
+def dino_ablation(
+    both=(5.0, 1.5), centering_only=(5.4, 5.3), sharpening_only=(0.2, 0.1), out_dim: int | None = KD
+) -> dict[str, Run]:
     opts = {"out_dim": out_dim} if out_dim else {}
 
     def run(role, extra, pair):
-        return make_run(role, "dino", False, opts | extra,
-                        epochs={"monitor_marginal_entropy_target": flat(pair[0], E),
-                                "monitor_conditional_entropy_target": flat(pair[1], E)})
+        return make_run(
+            role,
+            "dino",
+            False,
+            opts | extra,
+            epochs={
+                "monitor_marginal_entropy_target": flat(pair[0], E),
+                "monitor_conditional_entropy_target": flat(pair[1], E),
+            },
+        )
 
-    return {"dino": run("dino", {}, both),
-            "dino@sharpening=False": run("dino@sharpening=False", {"sharpening": False}, centering_only),
-            "dino@centering=False": run("dino@centering=False", {"centering": False}, sharpening_only)}
+    return {
+        "dino": run("dino", {}, both),
+        "dino@sharpening=False": run("dino@sharpening=False", {"sharpening": False}, centering_only),
+        "dino@centering=False": run("dino@centering=False", {"centering": False}, sharpening_only),
+    }
 
 
 def test_c7_passes_when_the_three_signatures_appear():
@@ -330,12 +411,15 @@ def test_c7_passes_when_the_three_signatures_appear():
     assert "signatures all appeared" in v.sentence
 
 
-@pytest.mark.parametrize("change,why", [
-    ({"centering_only": (5.4, 4.9)}, "centering only: conditional 0.88 log K, not uniform"),
-    ({"sharpening_only": (0.6, 0.1)}, "sharpening only: marginal 0.11 log K, no single output dominates"),
-    ({"both": (4.4, 1.5)}, "both: marginal 0.79 log K"),
-    ({"both": (5.0, 2.8)}, "both: conditional 0.505 log K"),
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ({"centering_only": (5.4, 4.9)}, "centering only: conditional 0.88 log K, not uniform"),
+        ({"sharpening_only": (0.6, 0.1)}, "sharpening only: marginal 0.11 log K, no single output dominates"),
+        ({"both": (4.4, 1.5)}, "both: marginal 0.79 log K"),
+        ({"both": (5.0, 2.8)}, "both: conditional 0.505 log K"),
+    ],
+)
 def test_c7_fails_when_one_signature_is_missing(change, why):
     v = C.c7_dino_centering_sharpening(dino_ablation(**change))
     assert v.status == C.FAIL, why
@@ -353,11 +437,16 @@ def test_c7_uses_the_default_output_dimension_when_the_config_omits_it():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def simclr_run(train_nce: list, monitor_nce: list[float], train_er: list | None = None,
-               monitor_er: list[float] | None = None, **kw) -> Run:
-    return make_run("simclr", "simclr", epochs={"monitor_infonce": monitor_nce,
-                                                "monitor_er_bound": monitor_er or ramp(1.0, 3.0, len(monitor_nce))},
-                    train={"infonce": train_nce, "er_bound": train_er or ramp(1.0, 3.0, len(train_nce))}, **kw)
+def simclr_run(
+    train_nce: list, monitor_nce: list[float], train_er: list | None = None, monitor_er: list[float] | None = None, **kw
+) -> Run:
+    return make_run(
+        "simclr",
+        "simclr",
+        epochs={"monitor_infonce": monitor_nce, "monitor_er_bound": monitor_er or ramp(1.0, 3.0, len(monitor_nce))},
+        train={"infonce": train_nce, "er_bound": train_er or ramp(1.0, 3.0, len(train_nce))},
+        **kw,
+    )
 
 
 def test_c8_passes_when_both_estimates_rise_and_stay_below_log_k():
@@ -375,8 +464,7 @@ def test_c8_fails_when_a_training_record_exceeds_log_batch_size():
 
 
 def test_c8_fails_when_an_estimate_does_not_rise():
-    v = C.c8_infonce_and_er_below_log_k(simclr_run(ramp(2.0, 5.0, 6), ramp(2.0, 5.0, 7),
-                                                   monitor_er=ramp(2.0, 2.05, 7)))
+    v = C.c8_infonce_and_er_below_log_k(simclr_run(ramp(2.0, 5.0, 6), ramp(2.0, 5.0, 7), monitor_er=ramp(2.0, 2.05, 7)))
     assert v.status == C.FAIL and v.numbers["er_bound"]["monitor_rise"] == pytest.approx(0.05)
 
 
@@ -385,13 +473,26 @@ def test_c8_fails_when_an_estimate_does_not_rise():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def batch_pair(train_base: float, train_small: float, mon_base: float, mon_small: float,
-               monitor_small: int = 512) -> dict[str, Run]:
-    return {"simclr": make_run("simclr", "simclr", epochs={"monitor_eta_online": flat(mon_base, 4)},
-                               train={"eta_online": flat(train_base, 3)}, batch_size=256),
-            "simclr@bs-small": make_run("simclr@bs-small", "simclr", epochs={"monitor_eta_online": flat(mon_small, 4)},
-                                        train={"eta_online": flat(train_small, 3)}, batch_size=64,
-                                        monitor_size=monitor_small)}
+def batch_pair(
+    train_base: float, train_small: float, mon_base: float, mon_small: float, monitor_small: int = 512
+) -> dict[str, Run]:
+    return {
+        "simclr": make_run(
+            "simclr",
+            "simclr",
+            epochs={"monitor_eta_online": flat(mon_base, 4)},
+            train={"eta_online": flat(train_base, 3)},
+            batch_size=256,
+        ),
+        "simclr@bs-small": make_run(
+            "simclr@bs-small",
+            "simclr",
+            epochs={"monitor_eta_online": flat(mon_small, 4)},
+            train={"eta_online": flat(train_small, 3)},
+            batch_size=64,
+            monitor_size=monitor_small,
+        ),
+    }
 
 
 def test_c9_passes_when_training_eta_differs_and_monitor_eta_agrees():
@@ -469,18 +570,21 @@ def test_a_run_of_another_method_or_variant_is_inconclusive():
     assert "has centering=<preset default>, not centering=False" in C.c7_dino_centering_sharpening(runs).reason
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: C.decide("C1", {}), r"unknown claim id\(s\) \['C1'\]"),
-    (lambda: C.c3_small_ema({"byol@tau0": None}), r"C3 has no run role\(s\) \['byol@tau0'\]; its roles are"),
-    (lambda: C.c3_small_ema(distill_runs("byol")["byol"]), "C3 needs a mapping of role -> Run"),
-    (lambda: C.c2_byol_entropy_stable({"byol": {"config": {}}}), r"runs\['byol'\] for C2 must be a Run"),
-    (lambda: C.c2_byol_entropy_stable([c2_pass_run()]), "runs for C2 must be a Run or a mapping"),
-    (lambda: C.RunSpec("byol", batch="tiny"), "RunSpec.batch must be 'base' or 'small', got 'tiny'"),
-    (lambda: C.required_runs(["C2", "C10"]), r"unknown claim id\(s\) \['C10'\]"),
-    (lambda: C.num_prototypes(make_run("simclr", "simclr")), "it has no categorical head"),
-    (lambda: C.Verdict.from_dict({"claim": "C2"}), "a verdict record lacks"),
-    (lambda: C.write_report(["PASS"], "unused"), "write_report takes Verdict objects, got str"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: C.decide("C1", {}), r"unknown claim id\(s\) \['C1'\]"),
+        (lambda: C.c3_small_ema({"byol@tau0": None}), r"C3 has no run role\(s\) \['byol@tau0'\]; its roles are"),
+        (lambda: C.c3_small_ema(distill_runs("byol")["byol"]), "C3 needs a mapping of role -> Run"),
+        (lambda: C.c2_byol_entropy_stable({"byol": {"config": {}}}), r"runs\['byol'\] for C2 must be a Run"),
+        (lambda: C.c2_byol_entropy_stable([c2_pass_run()]), "runs for C2 must be a Run or a mapping"),
+        (lambda: C.RunSpec("byol", batch="tiny"), "RunSpec.batch must be 'base' or 'small', got 'tiny'"),
+        (lambda: C.required_runs(["C2", "C10"]), r"unknown claim id\(s\) \['C10'\]"),
+        (lambda: C.num_prototypes(make_run("simclr", "simclr")), "it has no categorical head"),
+        (lambda: C.Verdict.from_dict({"claim": "C2"}), "a verdict record lacks"),
+        (lambda: C.write_report(["PASS"], "unused"), "write_report takes Verdict objects, got str"),
+    ],
+)
 def test_bad_input_raises_value_error_naming_it(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -492,8 +596,12 @@ def test_bad_input_raises_value_error_naming_it(call, match):
 
 
 def test_record_helpers_read_epochs_monitor_train_and_untrained_values():
-    run = make_run("r", "simclr", epochs={"knn200": [0.11, 0.2, 0.3], "monitor_eta_online": [0.7, 0.6, None]},
-                   train={"eta_online": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]})
+    run = make_run(
+        "r",
+        "simclr",
+        epochs={"knn200": [0.11, 0.2, 0.3], "monitor_eta_online": [0.7, 0.6, None]},
+        train={"eta_online": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]},
+    )
     run.records.append({"kind": "epoch", "epoch": 1, "step": 4, "knn200": 0.25})  # a re-written epoch 1: the later wins
     run.records.append({"kind": "epoch", "epoch": 3, "step": 12, "knn200": float("nan")})
     assert C.untrained_knn(run) == 0.11
@@ -518,9 +626,11 @@ def test_num_prototypes_reads_the_config_and_the_method_defaults_match_erlib_met
     assert C.num_prototypes(make_run("s", "swav", options={"num_prototypes": 70})) == 70
     assert C.num_prototypes(make_run("d", "deepcluster", options={"num_prototypes": [30, 40]})) == 30
     assert C.num_prototypes(make_run("d", "dino")) == config_for("dino").out_dim
-    assert C.DEFAULT_NUM_PROTOTYPES == {"swav": config_for("swav").num_prototypes,
-                                        "deepcluster": config_for("deepcluster", num_samples=10_000).num_prototypes[0],
-                                        "dino": config_for("dino").out_dim}
+    assert C.DEFAULT_NUM_PROTOTYPES == {
+        "swav": config_for("swav").num_prototypes,
+        "deepcluster": config_for("deepcluster", num_samples=10_000).num_prototypes[0],
+        "dino": config_for("dino").out_dim,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -535,8 +645,10 @@ def test_registry_names_runs_by_role_and_states_criteria_from_the_constants():
     assert C.RunSpec("dino", False, {"sharpening": False}).tag == "sharpening=False"
     assert C.CLAIMS["C7"].roles == ("dino", "dino@sharpening=False", "dino@centering=False")
     assert f"±{C.C2_ETA_BAND}" in C.CLAIMS["C2"].criterion and f"{C.C2_MIN_EPOCHS} epochs" in C.C2_CRITERION
-    assert f"{100 * C.C3_MIN_KNN_GAIN:.0f} points" in C.C3_CRITERION and f"{C.C6_CODE_MARGINAL_FRACTION} log K" in \
-        C.C6_CRITERION
+    assert (
+        f"{100 * C.C3_MIN_KNN_GAIN:.0f} points" in C.C3_CRITERION
+        and f"{C.C6_CODE_MARGINAL_FRACTION} log K" in C.C6_CRITERION
+    )
     for claim in C.CLAIMS.values():
         assert claim.decide({}).claim == claim.id and claim.decide({}).criterion == claim.criterion
 
@@ -549,9 +661,14 @@ def test_required_runs_lists_each_run_once_and_keeps_it_required_if_any_claim_ne
     assert by_name["byol-er"].required  # optional for C3, needed by C4 and C5
     assert not {s.name: s for s in C.required_runs(["C3"])}["byol-er"].required
     assert [s.name for s in C.required_runs(["C9"])] == ["simclr", "simclr@bs-small"]
-    assert by_name["dino@tau_base=0.0"].to_dict() == {"name": "dino@tau_base=0.0", "method": "dino", "er": False,
-                                                      "method_options": {"tau_base": 0.0}, "batch": "base",
-                                                      "required": True}
+    assert by_name["dino@tau_base=0.0"].to_dict() == {
+        "name": "dino@tau_base=0.0",
+        "method": "dino",
+        "er": False,
+        "method_options": {"tau_base": 0.0},
+        "batch": "base",
+        "required": True,
+    }
 
 
 def test_load_claim_runs_and_decide_all_read_run_folders_named_by_role(tmp_path):
@@ -568,8 +685,13 @@ def test_load_claim_runs_and_decide_all_read_run_folders_named_by_role(tmp_path)
 
 def test_claims_import_no_torch():
     code = "import sys, erlib.claims; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -580,13 +702,16 @@ def test_claims_import_no_torch():
 
 def test_write_report_writes_a_markdown_table_and_json_that_round_trips(tmp_path):
     verdicts = [C.decide(claim, PASSING[claim]()) for claim in C.CLAIMS]
-    verdicts.append(C.Verdict("C2", "a title | with a pipe", C.FAIL, "criterion\non two lines",
-                              {"x": 0.5, "n": {"k": 2}}, "it failed"))
+    verdicts.append(
+        C.Verdict(
+            "C2", "a title | with a pipe", C.FAIL, "criterion\non two lines", {"x": 0.5, "n": {"k": 2}}, "it failed"
+        )
+    )
     md, js = C.write_report(verdicts, tmp_path / "out")
     assert (md.name, js.name) == ("report.md", "report.json")
     lines = md.read_text().splitlines()
     header = lines.index("| claim | verdict | criterion | key numbers |")
-    rows = lines[header + 2:header + 2 + len(verdicts)]
+    rows = lines[header + 2 : header + 2 + len(verdicts)]
     assert len(rows) == len(verdicts) and all(r.startswith("| C") and r.endswith(" |") for r in rows)
     assert rows[0].startswith("| C2: BYOL keeps the entropy stable while the reconstruction rises | PASS | ")
     assert "eta_ref = 0.6" in rows[0] and "cosine_rise = 0.3" in rows[0]

@@ -216,7 +216,7 @@ def _png(path: Path, size: tuple[int, int], colour: tuple[int, int, int], centre
     if centre is not None:  # a border outside the centred square, `centre` inside it
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
-        a[top:top + side, left:left + side] = centre
+        a[top : top + side, left : left + side] = centre
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(a).save(path)
 

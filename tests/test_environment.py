@@ -30,7 +30,9 @@ def test_binder_pins_the_cpu_builds_of_the_ci_versions():
     for name in ("torch", "torchvision"):
         assert binder[name] == pins[name] + "+cpu", (name, binder[name], pins[name])
     assert not {"jupyterlab", "ipywidgets", "ipykernel", "pytest", "pytest-xdist", "selenium"} & set(binder)
-    others = {n: (main.get(n), binder[n]) for n in binder if n not in ("torch", "torchvision") and main.get(n) != binder[n]}
+    others = {
+        n: (main.get(n), binder[n]) for n in binder if n not in ("torch", "torchvision") and main.get(n) != binder[n]
+    }
     assert not others, f"binder/requirements.txt and requirements.txt disagree: {others}"
     assert "pip install" in (ROOT / "binder" / "postBuild").read_text()
 

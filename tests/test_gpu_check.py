@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_check_dry_run_leaves_at_most_eight_files_and_a_reference_set(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["bench.json", "log.txt", "results.tar.gz", "summary.md"]

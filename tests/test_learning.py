@@ -20,9 +20,24 @@ HEADS = {"proj_hidden_dim": 512, "proj_dim": 128}
 @pytest.mark.parametrize("method,er,extra", [("simclr", False, {}), ("byol", True, {"pred_hidden_dim": 512})])
 def test_tiny_convnet_learns_on_real_cifar10(tmp_path, method, er, extra):
     find_file(CIFAR10_PACK)  # a clear error if the pack is missing
-    cfg = TrainConfig(method=method, er=er, backbone="convnet_tiny", train_subset=2000, epochs=3, batch_size=128,
-                      optimizer="sgd", lr=0.1, warmup_epochs=0, knn_every=3, knn_test_size=1000, log_every=5,
-                      progress=False, out_dir=str(tmp_path), name=method, method_options={**HEADS, **extra})
+    cfg = TrainConfig(
+        method=method,
+        er=er,
+        backbone="convnet_tiny",
+        train_subset=2000,
+        epochs=3,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        warmup_epochs=0,
+        knn_every=3,
+        knn_test_size=1000,
+        log_every=5,
+        progress=False,
+        out_dir=str(tmp_path),
+        name=method,
+        method_options={**HEADS, **extra},
+    )
     run = load_run(train(cfg))
     final = [r for r in run.records if r["kind"] == "epoch"][-1]
     assert final["knn200"] > 0.20, final  # chance: 0.10

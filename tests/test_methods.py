@@ -1270,6 +1270,52 @@ def test_dino_heads_have_the_configured_sizes():
     assert linear_shapes(method.teacher["head"].mlp) == [(128, 24), (24, 24), (24, 12)]
 
 
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_dino_head_batchnorm_option_standardises_each_hidden_layer_over_the_batch(use_bn):
+    """use_bn_in_head puts a BatchNorm after each hidden linear layer (student and teacher): in training mode each
+    hidden unit then has batch mean 0 and (biased) variance 1 before the GELU, whatever its input's scale."""
+    method = make("dino", out_dim=40, hidden_dim=24, bottleneck_dim=12, use_bn_in_head=use_bn)
+    for head in (method.head, method.teacher["head"]):
+        norms = [m for m in head.mlp if isinstance(m, nn.BatchNorm1d)]
+        assert len(norms) == (2 if use_bn else 0)
+    seen = []
+    linear = method.head.mlp[0]
+    following = method.head.mlp[1]
+    following.register_forward_hook(lambda mod, inp, out: seen.append(out.detach().double()))
+    x = (5.0 + 3.0 * randn(32, 128, seed=41)).float()
+    method.head.train()
+    method.head.embed(x)
+    pre = linear(x).detach().double()
+    if use_bn:
+        expected = (pre - pre.mean(0)) / torch.sqrt(pre.var(0, unbiased=False) + 1e-5)  # γ = 1, β = 0 at init
+        torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-4)
+    else:  # straight into the GELU
+        torch.testing.assert_close(seen[0], torch.nn.functional.gelu(pre), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_dino_norm_last_layer_keeps_the_prototypes_unit_or_lets_their_scale_learn(norm_last_layer):
+    """norm_last_layer=True: the weight-norm scale gets no gradient, every prototype row keeps norm 1, and the logits
+    of unit embeddings are cosines in [-1, 1]; False: the scale is trained and the row norms leave 1."""
+    method = make_dino(norm_last_layer=norm_last_layer)
+    scale = method.head.last_layer.parametrizations.weight.original0
+    assert scale.requires_grad is (not norm_last_layer)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    views = dino_views()
+    for step in range(3):
+        optimizer.zero_grad()
+        method(views).loss.backward()
+        optimizer.step()
+        method.update((step + 1) / 10)
+    norms = method.head.last_layer.weight.detach().norm(dim=1)
+    if norm_last_layer:
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-6, atol=1e-6)
+        e = method.head.embed(randn(16, method.feature_dim, seed=43))
+        assert method.head.logits(e).abs().max() <= 1 + 1e-6
+    else:
+        assert (norms - 1).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("entropy_on", ["marginal", "embedding"])
 def test_dino_er_adds_exactly_minus_the_configured_entropy_term(entropy_on):
     """DINO-ER − DINO = −H(p̄_s) over all student views ("marginal") or −(1/V)Σ_v H̃_κ(ē_{s,v}) ("embedding")."""
@@ -1539,6 +1585,8 @@ OPTION_TESTS = {
     ("dino", "out_dim"): ["test_dino_heads_have_the_configured_sizes"],
     ("dino", "hidden_dim"): ["test_dino_heads_have_the_configured_sizes"],
     ("dino", "bottleneck_dim"): ["test_dino_heads_have_the_configured_sizes"],
+    ("dino", "use_bn_in_head"): ["test_dino_head_batchnorm_option_standardises_each_hidden_layer_over_the_batch"],
+    ("dino", "norm_last_layer"): ["test_dino_norm_last_layer_keeps_the_prototypes_unit_or_lets_their_scale_learn"],
     ("dino", "student_temp"): ["test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening"],
     ("dino", "teacher_temp"): ["test_dino_loss_and_metrics_use_the_configured_temperatures_centering_and_sharpening"],
     ("dino", "teacher_temp_start"): ["test_dino_teacher_temperature_warms_up_linearly_from_its_start_value"],

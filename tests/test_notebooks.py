@@ -50,7 +50,7 @@ def test_notebook_executes_in_tiny_preset_and_saves_figures(path, tmp_path, shar
     params = {"runs_dir": str(shared_runs_dir)} if "runs_dir" in parameters_source(path) else {}
     [result] = run_notebooks("tiny", only=[path.stem], parameters=params, out_root=tmp_path, progress=False)
     assert result.status == "ok", result.error
-    assert result.html is not None and result.html.stat().st_size > 1_000_000       # plotly.js embedded
+    assert result.html is not None and result.html.stat().st_size > 1_000_000  # plotly.js embedded
     assert not broken_links(result.output.parent / INDEX)
     pngs = sorted(result.figures.glob("*.png"))
     assert len(pngs) >= 2, f"{path.stem} saved {len(pngs)} static figures"
@@ -94,8 +94,11 @@ def test_only_that_names_no_notebook_is_an_error_before_any_work(tmp_path):
 
 
 def test_unknown_parameter_is_an_error_naming_the_notebooks_parameters(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown parameter 'nosuchparam' for 01_mi_bounds, 02_estimators; "
-                                         r"their parameters: .*kappa.*toy_rho"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parameter 'nosuchparam' for 01_mi_bounds, 02_estimators; "
+        r"their parameters: .*kappa.*toy_rho",
+    ):
         run_notebooks("tiny", only=["01", "02"], parameters={"nosuchparam": 1}, out_root=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -121,8 +124,11 @@ def test_parameters_go_only_to_the_notebooks_that_declare_them():
 
 def test_notebook_parameters_reads_the_parameters_cell(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('a = 1      # a comment\nb: float = 0.5\nc = [1, 2]\nd = len("x")\n',
-                                          metadata={"tags": ["parameters"]})]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            'a = 1      # a comment\nb: float = 0.5\nc = [1, 2]\nd = len("x")\n', metadata={"tags": ["parameters"]}
+        )
+    ]
     nbformat.write(nb, tmp_path / "00_x.ipynb")
     assert notebook_parameters(tmp_path / "00_x.ipynb") == {"a": 1, "b": 0.5, "c": [1, 2], "d": ...}
     nb.cells[0].metadata = {}
@@ -157,41 +163,51 @@ def broken_links(index: Path) -> list[str]:
 def mini_notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"),
-                nbformat.v4.new_code_cell('preset = "tiny"\noutput_dir = ""\nseed = 0',
-                                          metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(body)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {path.stem}"),
+        nbformat.v4.new_code_cell('preset = "tiny"\noutput_dir = ""\nseed = 0', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body),
+    ]
     nbformat.write(nb, path)
 
 
 def test_runner_prints_one_line_per_notebook_and_writes_a_report_that_works(tmp_path, capfd):
     books = tmp_path / "books"
     books.mkdir()
-    mini_notebook(books / "00_alpha.ipynb",
-                  "from erlib.plots import Panel, Series, show\n"
-                  "show(Panel([Series([1, 2, 3], [seed, 2, 3], 'a')], 'alpha'), 'alpha_fig', output_dir)\n"
-                  "show(Panel([Series([1, 2], [2, 1], 'b')], 'beta'), 'beta_fig', output_dir)\n"
-                  "import ipywidgets\nipywidgets.IntSlider(3)")
+    mini_notebook(
+        books / "00_alpha.ipynb",
+        "from erlib.plots import Panel, Series, show\n"
+        "show(Panel([Series([1, 2, 3], [seed, 2, 3], 'a')], 'alpha'), 'alpha_fig', output_dir)\n"
+        "show(Panel([Series([1, 2], [2, 1], 'b')], 'beta'), 'beta_fig', output_dir)\n"
+        "import ipywidgets\nipywidgets.IntSlider(3)",
+    )
     mini_notebook(books / "01_broken.ipynb", "raise RuntimeError('this notebook fails on purpose')")
     results = run_notebooks("tiny", parameters={"seed": 7}, out_root=tmp_path / "out", notebook_dir=books)
     out, err = capfd.readouterr()
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 2 and lines[0].startswith("[1/2] 00_alpha ... ok ") and lines[0].endswith(" min")
     assert lines[1].startswith("[2/2] 01_broken ... FAILED ")
-    assert "Kernel is running over TCP" not in err + out and "Executing" not in err + out   # no kernel log, no bars
+    assert "Kernel is running over TCP" not in err + out and "Executing" not in err + out  # no kernel log, no bars
     assert [r.status for r in results] == ["ok", "failed"] and "this notebook fails on purpose" in results[1].error
     run_dir = results[0].output.parent
     index = run_dir / INDEX
     assert not broken_links(index)
     page = index.read_text(encoding="utf-8")
-    for target in ("00_alpha.html", "00_alpha.ipynb", "00_alpha/alpha_fig.png", "00_alpha/alpha_fig.html",
-                   "00_alpha/beta_fig.png", "01_broken.html", "01_broken.ipynb"):
+    for target in (
+        "00_alpha.html",
+        "00_alpha.ipynb",
+        "00_alpha/alpha_fig.png",
+        "00_alpha/alpha_fig.html",
+        "00_alpha/beta_fig.png",
+        "01_broken.html",
+        "01_broken.ipynb",
+    ):
         assert f'"{target}"' in page, target
     rendered = (run_dir / "00_alpha.html").read_text(encoding="utf-8")
-    assert rendered.count("Plotly.newPlot") == 2                      # both figures drawn by plotly.js ...
-    assert rendered.count("window.PlotlyConfig") == 1 and len(rendered) > 3_000_000   # ... embedded, once
-    assert not [src for src in _sources(rendered) if "plot" in src.lower()]                # not from a CDN
-    assert "open the notebook in JupyterLab" in rendered                # the widget's place is explained
+    assert rendered.count("Plotly.newPlot") == 2  # both figures drawn by plotly.js ...
+    assert rendered.count("window.PlotlyConfig") == 1 and len(rendered) > 3_000_000  # ... embedded, once
+    assert not [src for src in _sources(rendered) if "plot" in src.lower()]  # not from a CDN
+    assert "open the notebook in JupyterLab" in rendered  # the widget's place is explained
     assert "RuntimeError" in (run_dir / "01_broken.html").read_text(encoding="utf-8")
 
 

@@ -26,21 +26,30 @@ def close_figures():
 def eta_panel(**kw) -> Panel:
     # a DINO-like curve lying on the η = 0 line, and two close reference lines
     x = list(range(6))
-    return Panel([Series(x, [0.0] * 6, "DINO (centering only)"), Series(x, [0.2, 0.4, 0.6, 0.8, 0.9, 0.95], "BYOL")],
-                 "η", "epoch", "η", hlines=[(1.0, "η = 1: log k ceiling"), (0.97, "a close line"),
-                                            (0.0, "η = 0: collapse")], **kw)
+    return Panel(
+        [Series(x, [0.0] * 6, "DINO (centering only)"), Series(x, [0.2, 0.4, 0.6, 0.8, 0.9, 0.95], "BYOL")],
+        "η",
+        "epoch",
+        "η",
+        hlines=[(1.0, "η = 1: log k ceiling"), (0.97, "a close line"), (0.0, "η = 0: collapse")],
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # log ticks
 # ----------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lo, hi, expected", [
-    (2, 65536, [10, 100, 1000, 10000]),                 # >= 3 powers of ten: powers of ten only
-    (0.3, 50, [0.5, 1, 2, 5, 10, 20, 50]),              # one to three decades: 1-2-5
-    (16, 1024, [20, 50, 100, 200, 500, 1000]),
-    (32, 128, [40, 50, 60, 70, 80, 90, 100]),           # less than a decade: 1...9
-])
+
+@pytest.mark.parametrize(
+    "lo, hi, expected",
+    [
+        (2, 65536, [10, 100, 1000, 10000]),  # >= 3 powers of ten: powers of ten only
+        (0.3, 50, [0.5, 1, 2, 5, 10, 20, 50]),  # one to three decades: 1-2-5
+        (16, 1024, [20, 50, 100, 200, 500, 1000]),
+        (32, 128, [40, 50, 60, 70, 80, 90, 100]),  # less than a decade: 1...9
+    ],
+)
 def test_log_ticks(lo, hi, expected):
     assert log_ticks(lo, hi) == pytest.approx(expected)
 
@@ -48,7 +57,7 @@ def test_log_ticks(lo, hi, expected):
 def test_log_ticks_thins_and_rejects_bad_ranges():
     # 19 powers of ten -> every third exponent, at multiples of 3
     assert log_ticks(1e-12, 1e6) == pytest.approx([1e-12, 1e-9, 1e-6, 1e-3, 1, 1e3, 1e6])
-    assert log_ticks(1.0, 1.5) == []                    # fewer than two ticks: leave the axis alone
+    assert log_ticks(1.0, 1.5) == []  # fewer than two ticks: leave the axis alone
     with pytest.raises(ValueError, match="0 < lo < hi"):
         log_ticks(0.0, 10.0)
 
@@ -60,7 +69,7 @@ def test_log_axis_below_one_decade_is_labelled_in_plain_numbers():
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     assert labels == ["40", "50", "60", "70", "80", "90", "100"]
-    assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]   # no 3×10¹-style labels
+    assert not [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]  # no 3×10¹-style labels
     xaxis = to_plotly(panel).layout.xaxis
     assert list(xaxis.ticktext) == labels and list(xaxis.tickvals) == pytest.approx([40, 50, 60, 70, 80, 90, 100])
 
@@ -77,6 +86,7 @@ def test_xticks_label_the_given_values():
 # reference lines and legends
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 def test_matplotlib_reference_lines_above_the_data_and_labels_in_the_margin_apart():
     fig = to_matplotlib(eta_panel())
     fig.canvas.draw()
@@ -85,14 +95,17 @@ def test_matplotlib_reference_lines_above_the_data_and_labels_in_the_margin_apar
     data_lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
     references = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert len(references) == 3 and min(r.get_zorder() for r in references) > max(d.get_zorder() for d in data_lines)
-    labels = [t for t in ax.texts if t.get_text().replace("\n", " ") in
-              ("η = 1: log k ceiling", "a close line", "η = 0: collapse")]
+    labels = [
+        t
+        for t in ax.texts
+        if t.get_text().replace("\n", " ") in ("η = 1: log k ceiling", "a close line", "η = 0: collapse")
+    ]
     assert len(labels) == 3
     boxes = [t.get_window_extent(renderer) for t in labels]
     axes_box = ax.get_window_extent(renderer)
     assert all(b.x0 >= axes_box.x1 for b in boxes), "labels must sit right of the axes, where no curve runs"
     assert all(b.x1 <= fig.bbox.x1 + 1 for b in boxes), "labels must stay inside the figure"
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "labels overlap each other"
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), "labels overlap each other"
 
 
 def test_plotly_reference_lines_above_the_data_and_labels_in_the_margin_apart():
@@ -113,9 +126,12 @@ def test_plotly_reference_lines_above_the_data_and_labels_in_the_margin_apart():
 
 def test_matplotlib_legend_stays_inside_its_panel_width_and_below_the_axes():
     x = [0.5, 1, 2, 5, 10, 20]
-    panels = [Panel([Series(x, [v * k for v in x], f"{LONG} {k}") for k in range(1, 5)], "long names", "κ", "nats",
-                    logx=True),
-              Panel([Series(x, x, "short")], "neighbour", "κ", "nats")]
+    panels = [
+        Panel(
+            [Series(x, [v * k for v in x], f"{LONG} {k}") for k in range(1, 5)], "long names", "κ", "nats", logx=True
+        ),
+        Panel([Series(x, x, "short")], "neighbour", "κ", "nats"),
+    ]
     fig = to_matplotlib(panels)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -141,11 +157,12 @@ def test_plotly_legend_per_panel_below_its_axes():
 # shared y-range, grid, bars
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 def test_sharey_gives_every_panel_the_union_of_the_ranges():
     a = Panel([Series([0, 1], [0.1, 0.3], "a")], "a", "epoch", "kNN", hlines=[(0.1, "chance")])
     b = Panel([Series([0, 1], [0.2, 0.6], "b")], "b", "epoch", "kNN")
     union = _padded(0.1, 0.6, False)
-    assert union == pytest.approx((0.1 - 0.025, 0.6 + 0.025))             # 5 % of the span each side
+    assert union == pytest.approx((0.1 - 0.025, 0.6 + 0.025))  # 5 % of the span each side
     mpl = to_matplotlib([a, b], sharey=True)
     assert [ax.get_ylim() for ax in mpl.axes] == [pytest.approx(union)] * 2
     fig = to_plotly([a, b], sharey=True)
@@ -165,7 +182,7 @@ def test_ylim_fixes_the_range_in_both_renderings():
 def test_three_panels_wrap_onto_two_rows_unless_columns_says_otherwise():
     panels = [Panel([Series([0, 1], [0, 1], str(i))], str(i)) for i in range(3)]
     fig = to_plotly(panels)
-    assert fig.layout.yaxis.domain[0] > fig.layout.yaxis3.domain[1]        # panel 3 below panel 1
+    assert fig.layout.yaxis.domain[0] > fig.layout.yaxis3.domain[1]  # panel 3 below panel 1
     assert fig.layout.xaxis3.domain == fig.layout.xaxis.domain
     row = to_plotly(panels, columns=3)
     assert row.layout.yaxis.domain == row.layout.yaxis3.domain
@@ -177,11 +194,33 @@ def test_three_panels_wrap_onto_two_rows_unless_columns_says_otherwise():
 def bar_panel() -> Panel:
     methods = ["SimCLR", "SwAV", "BYOL"]
     colors = ["#0072B2", "#009E73", "#D55E00"]
-    return Panel([Series(methods, [0.30, 0.25, 0.33], "original", "#BBBBBB", bars=True, bar_colors=colors,
-                         text=["30", "25", "33"]),
-                  Series(methods, [0.31, 0.27, 0.34], "ER variant", "#BBBBBB", bars=True, bar_colors=colors,
-                         hatch=True, text=["31", "27", "34"])],
-                 "kNN", "", "top-1 accuracy", hlines=[(0.1, "chance")])
+    return Panel(
+        [
+            Series(
+                methods,
+                [0.30, 0.25, 0.33],
+                "original",
+                "#BBBBBB",
+                bars=True,
+                bar_colors=colors,
+                text=["30", "25", "33"],
+            ),
+            Series(
+                methods,
+                [0.31, 0.27, 0.34],
+                "ER variant",
+                "#BBBBBB",
+                bars=True,
+                bar_colors=colors,
+                hatch=True,
+                text=["31", "27", "34"],
+            ),
+        ],
+        "kNN",
+        "",
+        "top-1 accuracy",
+        hlines=[(0.1, "chance")],
+    )
 
 
 def test_bar_chart_in_matplotlib_groups_the_series_per_category():
@@ -192,7 +231,7 @@ def test_bar_chart_in_matplotlib_groups_the_series_per_category():
     for j, (series, heights) in enumerate(zip(by_series, ([0.30, 0.25, 0.33], [0.31, 0.27, 0.34]))):
         assert [b.get_height() for b in series] == pytest.approx(heights)
         centres = [b.get_x() + b.get_width() / 2 for b in series]
-        assert centres == pytest.approx([i + (j - 0.5) * 0.4 for i in range(3)])   # side by side, width 0.8 / 2
+        assert centres == pytest.approx([i + (j - 0.5) * 0.4 for i in range(3)])  # side by side, width 0.8 / 2
     assert [b.get_hatch() for b in bars] == [None] * 3 + ["//"] * 3
     assert [t.get_text() for t in ax.get_xticklabels()] == ["SimCLR", "SwAV", "BYOL"]
     assert {t.get_text() for t in ax.texts} >= {"30", "25", "33", "31", "27", "34", "chance"}
@@ -210,6 +249,7 @@ def test_bar_chart_in_plotly_and_as_files(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------------------------------
+
 
 def test_series_and_panel_reject_bad_input():
     with pytest.raises(ValueError, match="x has 3 values and y has 2"):
@@ -234,14 +274,47 @@ def test_series_and_panel_reject_bad_input():
 # the training dashboard and the widgets' figure output
 # ----------------------------------------------------------------------------------------------------------------------
 
+
 def records():
-    out = [{"kind": "epoch", "epoch": 0, "step": 0, "monitor_eta_online": 0.7, "monitor_reconstruction": 0.1,
-            "monitor_er_bound": 0.5, "monitor_infonce": 0.8, "knn200": 0.15, "knn20": 0.14}]
+    out = [
+        {
+            "kind": "epoch",
+            "epoch": 0,
+            "step": 0,
+            "monitor_eta_online": 0.7,
+            "monitor_reconstruction": 0.1,
+            "monitor_er_bound": 0.5,
+            "monitor_infonce": 0.8,
+            "knn200": 0.15,
+            "knn20": 0.14,
+        }
+    ]
     for step in (5, 10):
-        out.append({"kind": "train", "epoch": step / 10, "step": step, "loss": 1.0, "eta_online": 0.8,
-                    "reconstruction": 0.3, "er_bound": 1.0, "infonce": 1.5})
-    out.append({"kind": "epoch", "epoch": 1, "step": 10, "monitor_eta_online": 0.75, "monitor_reconstruction": 0.4,
-                "monitor_er_bound": 1.1, "monitor_infonce": 1.4, "knn200": 0.2, "knn20": 0.19})
+        out.append(
+            {
+                "kind": "train",
+                "epoch": step / 10,
+                "step": step,
+                "loss": 1.0,
+                "eta_online": 0.8,
+                "reconstruction": 0.3,
+                "er_bound": 1.0,
+                "infonce": 1.5,
+            }
+        )
+    out.append(
+        {
+            "kind": "epoch",
+            "epoch": 1,
+            "step": 10,
+            "monitor_eta_online": 0.75,
+            "monitor_reconstruction": 0.4,
+            "monitor_er_bound": 1.1,
+            "monitor_infonce": 1.4,
+            "knn200": 0.2,
+            "knn20": 0.19,
+        }
+    )
     return out
 
 
@@ -275,5 +348,5 @@ def test_figures_go_into_the_output_widget_not_the_cell():
     assert len(out.outputs) == 2
     spec = out.outputs[0]["data"][PLOTLY_MIME]
     assert spec["data"][0]["x"] == [1, 2, 3] and spec["data"][0]["y"] == [4, 5, 6]
-    _show_in(out, figure)                                   # replaces, does not append
+    _show_in(out, figure)  # replaces, does not append
     assert len(out.outputs) == 1

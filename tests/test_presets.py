@@ -45,10 +45,22 @@ def test_synthetic_fallback_warns_and_fits_its_sizes(fresh_data_choice, monkeypa
 
 
 def _micro(tmp_path, **overrides):
-    fields = {**dict(dataset="synthetic", train_subset=64, batch_size=32, epochs=1, monitor_size=32, knn_every=0,
-                     log_every=1, knn_test_size=0), **overrides}
-    return preset_config("tiny", "simclr", runs_dir=str(tmp_path),
-                         method_options={"proj_hidden_dim": 32, "proj_dim": 16}, **fields)
+    fields = {
+        **dict(
+            dataset="synthetic",
+            train_subset=64,
+            batch_size=32,
+            epochs=1,
+            monitor_size=32,
+            knn_every=0,
+            log_every=1,
+            knn_test_size=0,
+        ),
+        **overrides,
+    }
+    return preset_config(
+        "tiny", "simclr", runs_dir=str(tmp_path), method_options={"proj_hidden_dim": 32, "proj_dim": 16}, **fields
+    )
 
 
 def test_ensure_run_reuses_a_finished_run_and_replaces_another_configuration(tmp_path):

@@ -9,8 +9,9 @@ from erlib.reproduce import combine_seeds, export_results, reference_runs
 
 
 def verdict(status: str, claim: str = "C8") -> C.Verdict:
-    return C.Verdict(claim, "t", status, "criterion", {"x": 1}, "measured x", reason="" if status != "INCONCLUSIVE"
-                     else "too short")
+    return C.Verdict(
+        claim, "t", status, "criterion", {"x": 1}, "measured x", reason="" if status != "INCONCLUSIVE" else "too short"
+    )
 
 
 def test_a_claim_passes_over_seeds_only_if_every_seed_passes():
@@ -28,19 +29,32 @@ def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_p
     src = tmp_path / "runs"
     run = src / "simclr"
     run.mkdir(parents=True)
-    config = {"method": "simclr", "er": False, "method_options": {}, "dataset": "cifar10-jpeg75", "batch_size": 128,
-              "monitor_size": 256, "epochs": 6}
+    config = {
+        "method": "simclr",
+        "er": False,
+        "method_options": {},
+        "dataset": "cifar10-jpeg75",
+        "batch_size": 128,
+        "monitor_size": 256,
+        "epochs": 6,
+    }
     (run / "config.json").write_text(json.dumps(config))
-    records = [{"kind": "epoch", "epoch": e, "step": 10 * e, "monitor_infonce": 0.2 * e, "monitor_er_bound": 0.3 * e}
-               for e in range(7)]
+    records = [
+        {"kind": "epoch", "epoch": e, "step": 10 * e, "monitor_infonce": 0.2 * e, "monitor_er_bound": 0.3 * e}
+        for e in range(7)
+    ]
     records += [{"kind": "train", "epoch": e, "step": 10 * e, "infonce": 0.1, "er_bound": 0.1} for e in range(1, 7)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "meta.json").write_text(json.dumps({"format": 2, "commit": "abc123"}))
     (run / "checkpoint.pt").write_bytes(b"weights")
-    dest = export_results({0: src}, tmp_path / "results" / "cpu-small", "CPU reference", "python -m erlib claims",
-                          ["C8"])
-    assert sorted(p.name for p in (dest / "seed0" / "simclr").iterdir()) == ["config.json", "meta.json",
-                                                                              "metrics.jsonl"]
+    dest = export_results(
+        {0: src}, tmp_path / "results" / "cpu-small", "CPU reference", "python -m erlib claims", ["C8"]
+    )
+    assert sorted(p.name for p in (dest / "seed0" / "simclr").iterdir()) == [
+        "config.json",
+        "meta.json",
+        "metrics.jsonl",
+    ]
     [ref] = reference_runs(tmp_path / "results")
     assert ref["label"] == "CPU reference" and ref["commit"] == "abc123" and ref["path"] == dest
     [c8] = ref["verdicts"]["0"]

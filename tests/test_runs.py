@@ -21,9 +21,21 @@ from erlib.runs import RunInUseError, RunLock, load_checkpoint, load_run, read_r
 from erlib.train import resume_run, train
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(dataset="synthetic", backbone="convnet_tiny", train_subset=64, batch_size=32, epochs=1, optimizer="sgd",
-             lr=0.05, warmup_epochs=0, log_every=1, monitor_size=32, knn_every=0, progress=False,
-             method_options={"proj_hidden_dim": 32, "proj_dim": 16})
+SMALL = dict(
+    dataset="synthetic",
+    backbone="convnet_tiny",
+    train_subset=64,
+    batch_size=32,
+    epochs=1,
+    optimizer="sgd",
+    lr=0.05,
+    warmup_epochs=0,
+    log_every=1,
+    monitor_size=32,
+    knn_every=0,
+    progress=False,
+    method_options={"proj_hidden_dim": 32, "proj_dim": 16},
+)
 
 
 def small(tmp_path: Path, **overrides) -> TrainConfig:
@@ -46,8 +58,9 @@ def copy_run(src: Path, dst_root: Path, name: str = "run") -> Path:
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "erlib", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "erlib", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------------------------------ nothing executes code
@@ -173,13 +186,52 @@ def test_default_names_never_collide(tmp_path):
 
 
 def test_two_trainings_started_at_once_into_one_folder(tmp_path):
-    args = ["train", "--dataset", "synthetic", "--backbone", "convnet_tiny", "--train-subset", "64", "--batch-size",
-            "32", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--log-every", "1",
-            "--monitor-size", "32", "--knn-every", "0", "--no-progress", "--opt", "proj_hidden_dim=32", "--opt",
-            "proj_dim=16", "--out-dir", str(tmp_path), "--name", "both"]
+    args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--backbone",
+        "convnet_tiny",
+        "--train-subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--warmup-epochs",
+        "0",
+        "--log-every",
+        "1",
+        "--monitor-size",
+        "32",
+        "--knn-every",
+        "0",
+        "--no-progress",
+        "--opt",
+        "proj_hidden_dim=32",
+        "--opt",
+        "proj_dim=16",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "both",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "erlib", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "erlib", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outs
@@ -221,8 +273,11 @@ def test_resume_refuses_an_edited_config_naming_the_fields(finished, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     config.update(lr=0.7, seed=5, train_subset=96)
     (run_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"differs from the checkpoint .* in lr: 0.05 there, 0.7 here, seed: 0 there, "
-                                         r"5 here, train_subset: 64 there, 96 here"):
+    with pytest.raises(
+        ValueError,
+        match=r"differs from the checkpoint .* in lr: 0.05 there, 0.7 here, seed: 0 there, "
+        r"5 here, train_subset: 64 there, 96 here",
+    ):
         resume_run(run_dir, epochs=2)
 
 
@@ -265,14 +320,17 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_pat
 
 
 # --------------------------------------------------------------------------------- validation before any work
-@pytest.mark.parametrize("field,value,message", [
-    ("monitor_size", 96, "monitor_size = 96 is invalid: exceeds the 64 training images"),
-    ("knn_train_size", 128, "knn_train_size = 128 is invalid: exceeds the 64 training images"),
-    ("knn_test_size", 1000, "knn_test_size = 1000 is invalid: exceeds the 256 test images"),
-    ("train_subset", 4096, "train_subset = 4096 is invalid: exceeds the 512 training images"),
-    ("knn_k", 100, "knn_k = 100 is invalid: exceeds the 64 images of the kNN bank"),
-    ("batch_size", 96, "train_subset = 64 is invalid: must be 0 or at least batch_size"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("monitor_size", 96, "monitor_size = 96 is invalid: exceeds the 64 training images"),
+        ("knn_train_size", 128, "knn_train_size = 128 is invalid: exceeds the 64 training images"),
+        ("knn_test_size", 1000, "knn_test_size = 1000 is invalid: exceeds the 256 test images"),
+        ("train_subset", 4096, "train_subset = 4096 is invalid: exceeds the 512 training images"),
+        ("knn_k", 100, "knn_k = 100 is invalid: exceeds the 64 images of the kNN bank"),
+        ("batch_size", 96, "train_subset = 64 is invalid: must be 0 or at least batch_size"),
+    ],
+)
 def test_sizes_larger_than_the_data_are_refused_before_the_folder_exists(tmp_path, field, value, message):
     extra = {"knn_every": 1} if field == "knn_k" else {}
     with pytest.raises(ValueError, match=message):
@@ -280,12 +338,15 @@ def test_sizes_larger_than_the_data_are_refused_before_the_folder_exists(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("overrides,error,message", [
-    (dict(dataset="imagefolder", data_dir="/nonexistent/folder"), FileNotFoundError, "ImageFolder split not found"),
-    (dict(dataset="imagefolder", data_dir=""), ValueError, "needs data_dir"),
-    (dict(dataset="cifar10"), FileNotFoundError, "cifar10 .train. not found"),
-    (dict(train_subset=0, batch_size=1024), ValueError, "batch_size = 1024 is invalid: exceeds the 512 training"),
-])
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (dict(dataset="imagefolder", data_dir="/nonexistent/folder"), FileNotFoundError, "ImageFolder split not found"),
+        (dict(dataset="imagefolder", data_dir=""), ValueError, "needs data_dir"),
+        (dict(dataset="cifar10"), FileNotFoundError, "cifar10 .train. not found"),
+        (dict(train_subset=0, batch_size=1024), ValueError, "batch_size = 1024 is invalid: exceeds the 512 training"),
+    ],
+)
 def test_failures_after_validation_leave_no_folder(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         train(small(tmp_path, **overrides))

@@ -13,8 +13,16 @@ from erlib.runs import Run
 
 
 def make_run(path: Path, method="byol", er=False, dataset="cifar10-jpeg75", untrained=0.25, final=0.40) -> Run:
-    records = [{"kind": "epoch", "epoch": e, "step": 4 * e, "knn200": untrained + (final - untrained) * e / 3,
-                "monitor_eta_online": 0.5} for e in range(4)]
+    records = [
+        {
+            "kind": "epoch",
+            "epoch": e,
+            "step": 4 * e,
+            "knn200": untrained + (final - untrained) * e / 3,
+            "monitor_eta_online": 0.5,
+        }
+        for e in range(4)
+    ]
     records += [{"kind": "train", "epoch": s / 4, "step": s, "eta_online": 0.1 * (s % 4)} for s in range(1, 13)]
     return Run(path, {"method": method, "er": er, "dataset": dataset, "method_options": {}}, records)
 

@@ -20,9 +20,20 @@ from erlib.runs import load_checkpoint, load_run
 from erlib.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = dict(dataset="synthetic", backbone="convnet_tiny", batch_size=64, epochs=2, optimizer="sgd", lr=0.05,
-            warmup_epochs=0, log_every=2, monitor_size=64, knn_k=20, progress=False,
-            method_options={"proj_hidden_dim": 64, "proj_dim": 32})
+FAST = dict(
+    dataset="synthetic",
+    backbone="convnet_tiny",
+    batch_size=64,
+    epochs=2,
+    optimizer="sgd",
+    lr=0.05,
+    warmup_epochs=0,
+    log_every=2,
+    monitor_size=64,
+    knn_k=20,
+    progress=False,
+    method_options={"proj_hidden_dim": 64, "proj_dim": 32},
+)
 
 
 def fast(tmp_path: Path, **overrides) -> TrainConfig:
@@ -30,13 +41,36 @@ def fast(tmp_path: Path, **overrides) -> TrainConfig:
 
 
 BAD_CONFIGS = [
-    ("method", "mocov9"), ("backbone", "vgg16"), ("dataset", "imagenet22k"), ("optimizer", "adam"),
-    ("precision", "fp8"), ("augmentation", "randaugment"), ("epochs", 0), ("batch_size", 1), ("log_every", 0),
-    ("monitor_size", 1), ("knn_k", 0), ("lr", 0.0), ("lr", float("nan")), ("weight_decay", -1e-4),
-    ("momentum", 1.0), ("warmup_epochs", 500.0), ("min_lr", 10.0), ("grad_clip", -1.0), ("knn_temperature", 0.0),
-    ("train_subset", 10), ("local_crops", -1), ("device", "tpu"), ("final_weight_decay", -0.1),
-    ("method_options", {"er": True}), ("epochs", 2.5), ("final_weight_decay", float("inf")),
-    ("local_crops", 2), ("name", "../x"), ("device", "cuda:x"), ("momentum", float("nan")),
+    ("method", "mocov9"),
+    ("backbone", "vgg16"),
+    ("dataset", "imagenet22k"),
+    ("optimizer", "adam"),
+    ("precision", "fp8"),
+    ("augmentation", "randaugment"),
+    ("epochs", 0),
+    ("batch_size", 1),
+    ("log_every", 0),
+    ("monitor_size", 1),
+    ("knn_k", 0),
+    ("lr", 0.0),
+    ("lr", float("nan")),
+    ("weight_decay", -1e-4),
+    ("momentum", 1.0),
+    ("warmup_epochs", 500.0),
+    ("min_lr", 10.0),
+    ("grad_clip", -1.0),
+    ("knn_temperature", 0.0),
+    ("train_subset", 10),
+    ("local_crops", -1),
+    ("device", "tpu"),
+    ("final_weight_decay", -0.1),
+    ("method_options", {"er": True}),
+    ("epochs", 2.5),
+    ("final_weight_decay", float("inf")),
+    ("local_crops", 2),
+    ("name", "../x"),
+    ("device", "cuda:x"),
+    ("momentum", float("nan")),
 ]
 
 
@@ -98,14 +132,51 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
 
 def _cli(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "erlib", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "erlib", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
-RESUME_ARGS = ["train", "--dataset", "synthetic", "--backbone", "convnet-tiny".replace("-", "_"), "--method", "swav",
-               "--opt", "num_prototypes=16", "--opt", "proj_hidden_dim=32", "--opt", "proj_dim=16",
-               "--batch-size", "32", "--epochs", "5", "--optimizer", "lars", "--lr", "0.2", "--warmup-epochs", "1",
-               "--log-every", "4", "--monitor-size", "32", "--knn-k", "20", "--no-progress", "--seed", "3"]
+RESUME_ARGS = [
+    "train",
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "convnet-tiny".replace("-", "_"),
+    "--method",
+    "swav",
+    "--opt",
+    "num_prototypes=16",
+    "--opt",
+    "proj_hidden_dim=32",
+    "--opt",
+    "proj_dim=16",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "5",
+    "--optimizer",
+    "lars",
+    "--lr",
+    "0.2",
+    "--warmup-epochs",
+    "1",
+    "--log-every",
+    "4",
+    "--monitor-size",
+    "32",
+    "--knn-k",
+    "20",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 @pytest.mark.slow
@@ -137,10 +208,38 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_cli_train_and_eval(tmp_path):
-    proc = _cli("train", "--dataset", "synthetic", "--backbone", "convnet_tiny", "--method", "dino",
-                "--opt", "out_dim=32", "--opt", "hidden_dim=32", "--opt", "bottleneck_dim=16", "--epochs", "1",
-                "--batch-size", "64", "--optimizer", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",
-                "--knn-k", "20", "--no-progress", "--out-dir", str(tmp_path), "--name", "d")
+    proc = _cli(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--backbone",
+        "convnet_tiny",
+        "--method",
+        "dino",
+        "--opt",
+        "out_dim=32",
+        "--opt",
+        "hidden_dim=32",
+        "--opt",
+        "bottleneck_dim=16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-3",
+        "--warmup-epochs",
+        "0",
+        "--knn-k",
+        "20",
+        "--no-progress",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "d",
+    )
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
     proc = _cli("eval", str(tmp_path / "d"))
     out = proc.communicate(timeout=300)[0]
@@ -153,15 +252,43 @@ def test_cli_train_and_eval(tmp_path):
 def test_cli_rejects_bad_flag_value(tmp_path):
     proc = _cli("train", "--batch-size", "1", "--out-dir", str(tmp_path))
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2 and out.strip() == ("error: TrainConfig.batch_size = 1 is invalid: must be an integer "
-                                                    ">= 2")
+    assert proc.returncode == 2 and out.strip() == (
+        "error: TrainConfig.batch_size = 1 is invalid: must be an integer >= 2"
+    )
     assert not any(tmp_path.iterdir())
 
 
-DDP_ARGS = ["train", "--dataset", "synthetic", "--backbone", "convnet_tiny", "--batch-size", "64", "--epochs", "1",
-            "--optimizer", "lars", "--lr", "0.1", "--warmup-epochs", "0", "--log-every", "1", "--monitor-size", "64",
-            "--knn-k", "20", "--no-progress", "--opt", "proj_hidden_dim=32", "--opt", "proj_dim=16",
-            "--precision", "fp32", "--no-channels-last"]  # the same numerics in both runs (auto is a timing)
+DDP_ARGS = [
+    "train",
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "convnet_tiny",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "1",
+    "--optimizer",
+    "lars",
+    "--lr",
+    "0.1",
+    "--warmup-epochs",
+    "0",
+    "--log-every",
+    "1",
+    "--monitor-size",
+    "64",
+    "--knn-k",
+    "20",
+    "--no-progress",
+    "--opt",
+    "proj_hidden_dim=32",
+    "--opt",
+    "proj_dim=16",
+    "--precision",
+    "fp32",
+    "--no-channels-last",
+]  # the same numerics in both runs (auto is a timing)
 
 
 @pytest.mark.slow

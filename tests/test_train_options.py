@@ -17,9 +17,21 @@ from erlib.train import LARS, build_optimizer, train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BASE = dict(dataset="synthetic", backbone="convnet_tiny", train_subset=64, batch_size=32, epochs=3, optimizer="sgd",
-            lr=0.05, warmup_epochs=0, log_every=1, monitor_size=32, knn_every=0, progress=False,
-            method_options={"proj_hidden_dim": 32, "proj_dim": 16})
+BASE = dict(
+    dataset="synthetic",
+    backbone="convnet_tiny",
+    train_subset=64,
+    batch_size=32,
+    epochs=3,
+    optimizer="sgd",
+    lr=0.05,
+    warmup_epochs=0,
+    log_every=1,
+    monitor_size=32,
+    knn_every=0,
+    progress=False,
+    method_options={"proj_hidden_dim": 32, "proj_dim": 16},
+)
 
 
 def cfg(tmp_path: Path, **overrides) -> TrainConfig:
@@ -33,15 +45,20 @@ def test_lars_step_matches_its_formula_for_weights_and_is_plain_sgd_for_biases()
     gw, gb = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
     pw, pb = nn.Parameter(w.clone()), nn.Parameter(b.clone())
     lr, wd, eta, m = 0.3, 0.01, 0.02, 0.9
-    opt = LARS([{"params": [pw], "weight_decay": wd, "lars": True}, {"params": [pb], "weight_decay": 0.0,
-                                                                     "lars": False}], lr=lr, momentum=m, eta=eta)
-    for step in range(2):  # the second step exercises the momentum buffer
+    opt = LARS(
+        [{"params": [pw], "weight_decay": wd, "lars": True}, {"params": [pb], "weight_decay": 0.0, "lars": False}],
+        lr=lr,
+        momentum=m,
+        eta=eta,
+    )
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)  # the momentum buffers start at zero
+    for _ in range(2):  # the second step exercises the momentum buffer
         pw.grad, pb.grad = gw.clone(), gb.clone()
         opt.step()
         u = gw + wd * w
         update = eta * w.norm() / u.norm() * u
-        buf_w = update if step == 0 else m * buf_w + update
-        buf_b = gb if step == 0 else m * buf_b + gb
+        buf_w = m * buf_w + update
+        buf_b = m * buf_b + gb
         w, b = w - lr * buf_w, b - lr * buf_b
         torch.testing.assert_close(pw.detach(), w, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(pb.detach(), b, rtol=1e-12, atol=1e-12)
@@ -82,15 +99,21 @@ def test_grad_clip_bounds_the_norm_of_the_applied_gradient(tmp_path):
 
 # ----------------------------------------------------------------------------------------- schedules in the records
 def test_lr_warmup_min_lr_and_weight_decay_schedule_follow_their_formulas(tmp_path):
-    run = load_run(train(cfg(tmp_path, lr=0.2, min_lr=0.02, warmup_epochs=1.0, weight_decay=1e-3,
-                             final_weight_decay=1e-1, epochs=4)))
+    run = load_run(
+        train(
+            cfg(tmp_path, lr=0.2, min_lr=0.02, warmup_epochs=1.0, weight_decay=1e-3, final_weight_decay=1e-1, epochs=4)
+        )
+    )
     records = run.train_records()
     total, warm = 8, 2  # 64 images / batch 32 = 2 steps per epoch; 1 warm-up epoch
     assert [r["step"] for r in records] == list(range(1, total + 1))  # log_every = 1
     for r in records:
         i = r["step"] - 1  # the record of step s carries the values used by optimiser step s (index s - 1)
-        lr = 0.2 * i / warm if i < warm else 0.02 + (0.2 - 0.02) * 0.5 * (1 + math.cos(math.pi * (i - warm) /
-                                                                                      (total - warm)))
+        lr = (
+            0.2 * i / warm
+            if i < warm
+            else 0.02 + (0.2 - 0.02) * 0.5 * (1 + math.cos(math.pi * (i - warm) / (total - warm)))
+        )
         wd = 1e-1 - (1e-1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * i / total))
         assert r["lr"] == pytest.approx(lr, rel=1e-12) and r["weight_decay"] == pytest.approx(wd, rel=1e-12)
 
@@ -107,12 +130,23 @@ def spy(monkeypatch):
     calls: dict[str, list] = {"views": [], "step": [], "knn": [], "recipes": [], "compile": []}
     make_views, recipe_views, knn = T.make_views, T.recipe_views, T.knn_accuracy
     real_step = T.train_step
-    monkeypatch.setattr(T, "make_views", lambda images, recipes, g=None: calls["views"].append(
-        (images.shape[0], len(recipes))) or make_views(images, recipes, g))
-    monkeypatch.setattr(T, "recipe_views", lambda name, **kw: calls["recipes"].append((name, kw)) or recipe_views(
-        name, **kw))
-    monkeypatch.setattr(T, "knn_accuracy", lambda ftr, ytr, fte, yte, n, k, t: calls["knn"].append(
-        (ftr.shape[0], fte.shape[0], k, t)) or knn(ftr, ytr, fte, yte, n, k, t))
+    monkeypatch.setattr(
+        T,
+        "make_views",
+        lambda images, recipes, g=None: (
+            calls["views"].append((images.shape[0], len(recipes))) or make_views(images, recipes, g)
+        ),
+    )
+    monkeypatch.setattr(
+        T, "recipe_views", lambda name, **kw: calls["recipes"].append((name, kw)) or recipe_views(name, **kw)
+    )
+    monkeypatch.setattr(
+        T,
+        "knn_accuracy",
+        lambda ftr, ytr, fte, yte, n, k, t: (
+            calls["knn"].append((ftr.shape[0], fte.shape[0], k, t)) or knn(ftr, ytr, fte, yte, n, k, t)
+        ),
+    )
 
     def step(model, method, optimizer, views, index, amp, clip, progress, channels_last=False):
         calls["step"].append({"amp": amp, "clip": clip, "channels_last": channels_last, "views": len(views)})
@@ -130,16 +164,31 @@ def test_monitor_size_is_the_monitor_batch_and_batch_size_the_training_batch(tmp
 
 
 def test_knn_settings_reach_the_evaluation(tmp_path, spy):
-    run = load_run(train(cfg(tmp_path, knn_every=2, knn_k=10, knn_temperature=0.07, knn_train_size=48,
-                             knn_test_size=40, epochs=3)))
-    assert [("knn10" in r, "knn20" in r) for r in run.epoch_records()] == [(True, True), (False, False),
-                                                                         (True, True), (False, False)]
+    run = load_run(
+        train(cfg(tmp_path, knn_every=2, knn_k=10, knn_temperature=0.07, knn_train_size=48, knn_test_size=40, epochs=3))
+    )
+    assert [("knn10" in r, "knn20" in r) for r in run.epoch_records()] == [
+        (True, True),
+        (False, False),
+        (True, True),
+        (False, False),
+    ]
     assert set(spy["knn"]) == {(48, 40, 10, 0.07), (48, 40, 20, 0.07)}
 
 
 def test_augmentation_local_crops_precision_and_clip_reach_the_step(tmp_path, spy):
-    train(cfg(tmp_path, method="swav", augmentation="byol", local_crops=2, precision="bf16", grad_clip=2.5, epochs=1,
-              method_options={"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 8}))
+    train(
+        cfg(
+            tmp_path,
+            method="swav",
+            augmentation="byol",
+            local_crops=2,
+            precision="bf16",
+            grad_clip=2.5,
+            epochs=1,
+            method_options={"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": 8},
+        )
+    )
     assert spy["recipes"][0] == ("byol", {"size": 32, "local_crops": 2})
     assert {s["views"] for s in spy["step"]} == {4} and {s["amp"] for s in spy["step"]} == {torch.bfloat16}
     assert {s["clip"] for s in spy["step"]} == {2.5}
@@ -200,9 +249,19 @@ def test_progress_shows_a_bar_only_when_asked(tmp_path, capfd):
 
 
 def test_device_out_dir_name_and_model_fields_reach_the_run(tmp_path):
-    run = load_run(train(cfg(tmp_path / "elsewhere", name="mine", device="cpu", method="byol", er=True, epochs=1,
-                             method_options={"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 24,
-                                             "tau_base": 0.5})))
+    run = load_run(
+        train(
+            cfg(
+                tmp_path / "elsewhere",
+                name="mine",
+                device="cpu",
+                method="byol",
+                er=True,
+                epochs=1,
+                method_options={"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 24, "tau_base": 0.5},
+            )
+        )
+    )
     assert run.path == tmp_path / "elsewhere" / "mine" and run.meta["device"] == "cpu"
     method = run.build_method()
     assert type(method).__name__ == "BYOL" and method.cfg.er and method.cfg.tau_base == 0.5
@@ -211,7 +270,8 @@ def test_device_out_dir_name_and_model_fields_reach_the_run(tmp_path):
 
 #: Each TrainConfig field and the test that shows its effect (data fields: tests/test_data.py and test_runs.py).
 FIELD_TESTS = {
-    "dataset": "test_data.py", "data_dir": "test_data.py::test_data_dir_is_honoured_even_when_a_decoded_cache_exists",
+    "dataset": "test_data.py",
+    "data_dir": "test_data.py::test_data_dir_is_honoured_even_when_a_decoded_cache_exists",
     "download": "test_presets.py::test_torchvision_cifar10_is_fetched_when_the_pack_is_missing",
     "train_subset": "test_log_every_epochs_batch_size_and_train_subset_set_the_records",
     "augmentation": "test_augmentation_local_crops_precision_and_clip_reach_the_step",
@@ -232,13 +292,16 @@ FIELD_TESTS = {
     "warmup_epochs": "test_lr_warmup_min_lr_and_weight_decay_schedule_follow_their_formulas",
     "log_every": "test_log_every_epochs_batch_size_and_train_subset_set_the_records",
     "monitor_size": "test_monitor_size_is_the_monitor_batch_and_batch_size_the_training_batch",
-    "knn_k": "test_knn_settings_reach_the_evaluation", "knn_temperature": "test_knn_settings_reach_the_evaluation",
-    "knn_every": "test_knn_settings_reach_the_evaluation", "knn_train_size": "test_knn_settings_reach_the_evaluation",
+    "knn_k": "test_knn_settings_reach_the_evaluation",
+    "knn_temperature": "test_knn_settings_reach_the_evaluation",
+    "knn_every": "test_knn_settings_reach_the_evaluation",
+    "knn_train_size": "test_knn_settings_reach_the_evaluation",
     "knn_test_size": "test_knn_settings_reach_the_evaluation",
     "seed": "test_seed_fixes_weights_batches_and_views",
     "precision": "test_augmentation_local_crops_precision_and_clip_reach_the_step",
     "channels_last": "test_channels_last_false_keeps_nchw_and_true_follows_the_machine",
-    "compile": "test_compile_wraps_the_step", "device": "test_device_out_dir_name_and_model_fields_reach_the_run",
+    "compile": "test_compile_wraps_the_step",
+    "device": "test_device_out_dir_name_and_model_fields_reach_the_run",
     "checkpoint_every": "test_checkpoint_every_sets_which_epochs_leave_a_checkpoint",
     "out_dir": "test_device_out_dir_name_and_model_fields_reach_the_run",
     "name": "test_device_out_dir_name_and_model_fields_reach_the_run",
@@ -251,6 +314,9 @@ def test_every_train_config_field_has_an_effect_test():
     here = Path(__file__).read_text()
     for test in FIELD_TESTS.values():
         name = test.partition("::")[2] if "::" in test else test
-        source = (Path(__file__).parent / test.partition("::")[0]).read_text() if test.startswith("test_") and (
-            ".py" in test) else here
+        source = (
+            (Path(__file__).parent / test.partition("::")[0]).read_text()
+            if test.startswith("test_") and (".py" in test)
+            else here
+        )
         assert name.endswith(".py") or f"def {name}(" in source, test

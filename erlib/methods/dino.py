@@ -95,6 +95,16 @@ class DINOConfig(MethodConfig):
         "Bottleneck dimension before the L2-normalisation and the last layer (256 in DINO); the continuous ER "
         "metrics and DINO-ER's 'embedding' entropy live here.",
     )
+    use_bn_in_head: bool = option(
+        False,
+        "BatchNorm after each hidden layer of the head's MLP (DINO's use_bn_in_head: off by default, for ViTs). "
+        "With a small backbone it keeps the embeddings of different images apart at initialisation.",
+    )
+    norm_last_layer: bool = option(
+        True,
+        "Keep the last layer's rows at unit norm, so the logits are cosines (DINO's norm_last_layer: True by default; "
+        "'False improves performance but can make training unstable').",
+    )
     student_temp: float = option(0.1, "Student temperature τ_s (0.1 in DINO).")
     teacher_temp: float = option(
         0.04,
@@ -164,7 +174,14 @@ class DINO(Method):
 
     def __init__(self, cfg: DINOConfig):
         super().__init__(cfg)
-        self.head = DINOHead(self.feature_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+        self.head = DINOHead(
+            self.feature_dim,
+            cfg.out_dim,
+            cfg.hidden_dim,
+            cfg.bottleneck_dim,
+            use_bn=cfg.use_bn_in_head,
+            norm_last_layer=cfg.norm_last_layer,
+        )
         # state-dict keys teacher.backbone.*, teacher.head.*
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone), "head": copy.deepcopy(self.head)})
         self.teacher.requires_grad_(False)

@@ -22,7 +22,13 @@ local = [t[mine].clone().requires_grad_(True) for t in (z1, z2, p)]
 gathered = [D.gather(t) for t in local]
 values = {name: fn(*gathered) for name, fn in ESTIMATORS.items()}
 torch.stack(list(values.values())).sum().backward()
-torch.save({"values": {k: v.detach() for k, v in values.items()}, "grads": [t.grad for t in local],
-            "world": world, "mean": D.all_reduce_mean(torch.tensor([float(rank)], dtype=torch.float64))},
-           Path(sys.argv[1]) / f"rank{rank}.pt")
+torch.save(
+    {
+        "values": {k: v.detach() for k, v in values.items()},
+        "grads": [t.grad for t in local],
+        "world": world,
+        "mean": D.all_reduce_mean(torch.tensor([float(rank)], dtype=torch.float64)),
+    },
+    Path(sys.argv[1]) / f"rank{rank}.pt",
+)
 dist.destroy_process_group()

@@ -61,8 +61,9 @@ def global_views(case: str) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(4321)
 
     def crops(size: int) -> torch.Tensor:  # noise plus a per-image colour offset: clearly different embeddings
-        return (torch.randn(GLOBAL_BATCH, 3, size, size, generator=g)
-                + 3 * torch.randn(GLOBAL_BATCH, 3, 1, 1, generator=g))
+        return torch.randn(GLOBAL_BATCH, 3, size, size, generator=g) + 3 * torch.randn(
+            GLOBAL_BATCH, 3, 1, 1, generator=g
+        )
 
     views = [crops(32) for _ in range(2)] + [crops(16) for _ in range(2)]
     return views[: CASES[case][2]]
@@ -75,8 +76,11 @@ def run_case(case: str, views: list[torch.Tensor]) -> dict:
     out = method(views)
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
-    teacher_grads = [n for n, p in method.named_parameters()
-                     if n.startswith(("target.", "teacher.")) and (p.requires_grad or p.grad is not None)]
+    teacher_grads = [
+        n
+        for n, p in method.named_parameters()
+        if n.startswith(("target.", "teacher.")) and (p.requires_grad or p.grad is not None)
+    ]
     return {
         "loss": out.loss.detach().clone(),
         "metrics": {k: v.detach().clone() for k, v in out.metrics.items()},
