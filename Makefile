@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.erlib-installed
 
-.PHONY: setup test lint demo lab bench clean-runs
+.PHONY: setup test lint mutate demo lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -47,3 +47,10 @@ bench: $(STAMP)
 
 clean-runs:
 	rm -rf runs/
+
+# mutation testing of the pure modules (bounds, schedules, optimiser, augmentation, methods; [tool.mutmut] in
+# pyproject.toml): slow, run outside CI; the score goes into CONTRIBUTING.md
+mutate: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet "mutmut>=3.3,<4"
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results

@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from erlib import distributed as D
+from erlib.augment import ShardedGenerator, ViewRecipe, make_views, recipe_views
 from erlib.data import DATASETS, Dataset, load_dataset
 from erlib.methods import METHODS, Method, build, config_for
 from erlib.nn import BACKBONES
@@ -27,6 +31,8 @@ __all__ = [
     "GROUPS",
     "MULTI_CROP_METHODS",
     "RUN_NAME_PATTERN",
+    "MONITOR_SEED",
+    "MONITOR_VIEW_SEED",
 ]
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
@@ -45,6 +51,10 @@ def _f(default: Any, group: str, help: str, choices: tuple | None = None, factor
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+#: Seeds of the fixed monitor batch: which training images (:meth:`TrainConfig.monitor_views`) and their augmentation.
+MONITOR_SEED, MONITOR_VIEW_SEED = 12345, 2024
 
 
 @dataclass
@@ -298,6 +308,24 @@ class TrainConfig:
         if self.train_subset:
             train_set = train_set.subset(self.train_subset, seed=self.seed)
         return train_set, test_set
+
+    def view_recipes(self, image_size: int) -> list[ViewRecipe]:
+        """The views every step makes: the ``augmentation`` recipe (default: BYOL's asymmetric one for BYOL and DINO,
+        SimCLR's otherwise) at the images' size, with ``local_crops`` small crops."""
+        name = self.augmentation or ("byol" if self.method in ("byol", "dino") else "simclr")
+        return recipe_views(name, size=image_size, local_crops=self.local_crops)
+
+    def monitor_views(self, train_set: Dataset, rank: int = 0, world: int = 1) -> tuple[Tensor, list[Tensor]]:
+        """The fixed monitor batch: ``monitor_size`` training images drawn with seed :data:`MONITOR_SEED`, and their
+        two global views drawn with seed :data:`MONITOR_VIEW_SEED` — the same images and augmentations after every
+        epoch, so entropy curves are comparable across epochs and runs. Under DDP (``world`` > 1) each rank gets its
+        shard of the indices and of the views. Returns (indices on the images' device, views)."""
+        device = train_set.images.device
+        idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(MONITOR_SEED))
+        idx = idx[: self.monitor_size].to(device).view(world, -1)[rank]
+        gen = ShardedGenerator(torch.Generator(device=device).manual_seed(MONITOR_VIEW_SEED), rank, world)
+        recipes = self.view_recipes(train_set.images.shape[-1])[:2]
+        return idx, make_views(train_set.images[idx], recipes, gen)
 
     def build_method(self, num_samples: int) -> Method:
         """The method this config describes (fresh weights); ``num_samples`` is the training-set size."""

@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "rankme"]
+__all__ = [
+    "extract_features",
+    "knn_predict",
+    "knn_accuracy",
+    "linear_probe",
+    "rankme",
+    "evaluate_features",
+    "evaluate_run",
+]
 
 
 @torch.no_grad()
@@ -119,15 +127,40 @@ def rankme(features: Tensor, eps: float = 1e-7) -> float:
     return torch.exp(-(p * torch.log(p)).sum()).item()
 
 
-def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool = True) -> dict:
+def evaluate_features(
+    features_fn, train_set, test_set, linear: bool = True, amp_dtype: torch.dtype | None = None
+) -> dict:
+    """kNN (k = 200 and 20, t = 0.1), optionally the linear probe, and RankMe of the features ``features_fn`` gives
+    (frozen; e.g. ``method.features``), the training set as the bank and the test set as queries."""
+    from erlib.augment import CIFAR_MEAN, CIFAR_STD
+
+    f_train = extract_features(features_fn, train_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp_dtype)
+    f_test = extract_features(features_fn, test_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp_dtype)
+    y_train, y_test, n_cls = train_set.labels, test_set.labels, len(train_set.classes)
+    result = {
+        "protocol": "frozen backbone features; kNN cosine, weighted exp(s/0.1); linear: L-BFGS logistic regression "
+        "on standardised features",
+        "knn200": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 200, 0.1),
+        "knn20": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 20, 0.1),
+        "rankme": rankme(f_test),
+    }
+    if linear:
+        result["linear"] = linear_probe(f_train, y_train, f_test, y_test, n_cls)
+    return result
+
+
+def evaluate_run(
+    run_dir, device: str = "auto", linear: bool = True, write: bool = True, untrained: bool = False
+) -> dict:
     """kNN (k = 200 and 20, t = 0.1), linear probe and RankMe of a run's checkpoint on its dataset's test split.
 
     Writes ``eval.json`` into the run folder (with ``write=True``) and returns the same dict, protocols included.
+    ``untrained=True`` scores the run's network at initialisation instead (seeded as the trainer seeds it, so the
+    same initial weights; ``epoch`` 0): the baseline every trained score needs. It is never written to the folder.
     """
     import json
     from pathlib import Path
 
-    from erlib.augment import CIFAR_MEAN, CIFAR_STD
     from erlib.fileio import atomic_write_text
     from erlib.runs import load_checkpoint, load_run
 
@@ -138,26 +171,18 @@ def evaluate_run(run_dir, device: str = "auto", linear: bool = True, write: bool
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     train_set, test_set = run.datasets(dev)
+    if untrained:
+        torch.manual_seed(run.config["seed"])  # as the trainer does before it builds the method
     method = run.build_method(dev, weights=False, num_samples=len(train_set))
-    ckpt = load_checkpoint(run.checkpoint, map_location=dev)
-    method.load_state_dict(ckpt["method"])
+    epoch = 0
+    if not untrained:
+        ckpt = load_checkpoint(run.checkpoint, map_location=dev)
+        method.load_state_dict(ckpt["method"])
+        epoch = ckpt["epoch"]
     method.eval()
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    f_train = extract_features(method.features, train_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
-    f_test = extract_features(method.features, test_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp)
-    y_train, y_test, n_cls = train_set.labels, test_set.labels, len(train_set.classes)
-    result = {
-        "run": str(run_dir),
-        "epoch": ckpt["epoch"],
-        "dataset": run.config["dataset"],
-        "protocol": "frozen backbone features; kNN cosine, weighted exp(s/0.1); linear: L-BFGS logistic regression "
-        "on standardised features",
-        "knn200": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 200, 0.1),
-        "knn20": knn_accuracy(f_train, y_train, f_test, y_test, n_cls, 20, 0.1),
-        "rankme": rankme(f_test),
-    }
-    if linear:
-        result["linear"] = linear_probe(f_train, y_train, f_test, y_test, n_cls)
-    if write:
+    scores = evaluate_features(method.features, train_set, test_set, linear, amp)
+    result = {"run": str(run_dir), "epoch": epoch, "dataset": run.config["dataset"], **scores}
+    if write and not untrained:
         atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     return result

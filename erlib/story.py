@@ -14,14 +14,19 @@ import html
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from erlib import claims as C
 from erlib.plots import METHOD_ORDER, LineStyle, Series, color_for
 from erlib.presets import default_runs_dir, ensure_run, preset_data, spec_config
 from erlib.runs import Run, load_run
 
+T = TypeVar("T")
+
 __all__ = [
     "NUM_CLASSES",
+    "train_and_count_collapse",
+    "describe_change",
     "data_banner",
     "claim_runs",
     "ensure_spec",
@@ -116,6 +121,44 @@ def runs_for(names: Sequence[str], runs_dir: str | Path) -> dict[str, Run]:
 
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
+
+
+def train_and_count_collapse(train: Callable[[], T]) -> T:
+    """Run ``train()`` (e.g. ``lambda: ensure_spec(...)``) and turn the trainer's collapse warnings (monitor η below
+    the floor after an epoch) into one printed line per run; other warnings pass through. Returns what ``train``
+    returns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train()
+    epochs: dict[str, list[str]] = {}
+    for w in caught:
+        text = str(w.message)
+        if "the representation has collapsed" in text:
+            role, _, rest = text.partition(": entropy at its floor after epoch ")
+            epochs.setdefault(role, []).append(rest.split(" ")[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for role, where in epochs.items():
+        print(
+            f"  {role}: the trainer warned that the monitor η fell below the collapse floor {C.COLLAPSE_ETA} "
+            f"after epoch(s) {', '.join(where)}"
+        )
+    return result
+
+
+def describe_change(run: Run, key: str, what: str, start: int = 0, band: float = C.C2_ETA_BAND) -> str:
+    """'<what> went from a (epoch s) to b (epoch e): a fall of d' (or 'no trend (within ±band)'), from the run's
+    epoch records from epoch ``start`` on: a sentence that can only say what the numbers say."""
+    points = [(e, v) for e, v in zip(*C.epoch_series(run, key)) if e >= start]
+    if len(points) < 2:
+        return f"{what}: fewer than two epoch records from epoch {start} on"
+    (e0, v0), (e1, v1) = points[0], points[-1]
+    change = (
+        f"no trend (within ±{band})"
+        if abs(v1 - v0) <= band
+        else f"a {'rise' if v1 > v0 else 'fall'} of {abs(v1 - v0):.3f}"
+    )
+    return f"{what} went from {v0:.3f} (epoch {e0}) to {v1:.3f} (epoch {e1}): {change}"
 
 
 # ----------------------------------------------------------------------------------------------------------- curves

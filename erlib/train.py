@@ -32,12 +32,13 @@ from torch import Tensor, nn
 
 from erlib import accel, runs
 from erlib import distributed as D
-from erlib.augment import ShardedGenerator, ViewRecipe, make_views, recipe_views
+from erlib.augment import ShardedGenerator, ViewRecipe, make_views
 from erlib.config import OPTIMIZERS, TrainConfig
 from erlib.data import BatchSampler, Dataset
 from erlib.evaluate import extract_features, knn_accuracy
 from erlib.methods import Method
 from erlib.nn import batch_statistics, convert_to_global_batchnorm
+from erlib.optim import LARS, build_optimizer
 from erlib.schedules import cosine_schedule, warmup_cosine
 
 __all__ = [
@@ -50,51 +51,6 @@ __all__ = [
     "build_optimizer",
     "OPTIMIZERS",
 ]
-
-
-class LARS(torch.optim.Optimizer):
-    r"""SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017): for every parameter with
-    ``lars=True`` the update :math:`g + \lambda w` is scaled by :math:`\eta\,\|w\|/\|g+\lambda w\|`."""
-
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
-                if group["lars"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
-                    )
-                    g.mul_(trust)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(group["momentum"]).add_(g)
-                p.add_(buf, alpha=-group["lr"])
-
-
-def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: weights (weight decay, LARS adaptation) and biases / norm scales (neither)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in method.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
-    ]
-    if cfg.optimizer == "lars":
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            [{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=cfg.lr, momentum=cfg.momentum
-        )
-    return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=cfg.lr)
 
 
 def _setup_distributed(device: str) -> None:
@@ -133,10 +89,6 @@ def _stored_execution(run_dir: Path) -> dict | None:
     if execution.get("precision") in ("bf16", "fp32") and isinstance(execution.get("channels_last"), bool):
         return execution
     return None
-
-
-def _default_augmentation(cfg: TrainConfig) -> str:
-    return cfg.augmentation or ("byol" if cfg.method in ("byol", "dino") else "simclr")
 
 
 def _say(message: str) -> None:
@@ -240,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(method, cfg)
-    recipes = recipe_views(_default_augmentation(cfg), size=train_set.images.shape[-1], local_crops=cfg.local_crops)
+    recipes = cfg.view_recipes(train_set.images.shape[-1])
     sampler = BatchSampler(len(train_set), cfg.batch_size, device, cfg.seed, rank, world)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919)  # the same stream on every rank
     views_rng = ShardedGenerator(aug_gen, rank, world)
@@ -378,8 +330,7 @@ def _train_loop(
     step_fn = torch.compile(model) if cfg.compile else model
     steps_per_epoch, total_steps = len(sampler), len(sampler) * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
-    monitor_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12345))[: cfg.monitor_size]
-    monitor_idx = monitor_idx.to(device).view(world, -1)[rank]  # each rank its shard of the monitor batch
+    monitor_idx, monitor_views = cfg.monitor_views(train_set, rank, world)  # each rank its shard
 
     def emit(record: dict) -> None:
         if main:
@@ -390,7 +341,7 @@ def _train_loop(
     from tqdm.auto import tqdm
 
     if state.step == 0:  # the untrained network: every curve starts at initialisation
-        emit(_epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, state, amp))
+        emit(_epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp))
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc=run_dir.name)
     acc = MetricAccumulator()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -443,7 +394,7 @@ def _train_loop(
                 bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record.get('eta_online', 0):.2f}")
         state.epoch = epoch + 1
         _check_finite(int(bad_step), epoch, ckpt_path)
-        record = _epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, state, amp)
+        record = _epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp)
         emit(record)
         if main and record.get("monitor_eta_online", 1.0) < 0.05:
             warnings.warn(
@@ -536,19 +487,18 @@ def _epoch_record(
     test_set: Dataset,
     recipes: list[ViewRecipe],
     monitor_idx: Tensor,
+    monitor_views: list[Tensor],
     state: _State,
     amp,
 ) -> dict:
     """The ER metrics on the fixed monitor batch (fixed augmentation seed) and the kNN accuracies."""
     device = train_set.images.device
     record: dict = {"kind": "epoch", "epoch": state.epoch, "step": state.step}
-    gen = ShardedGenerator(torch.Generator(device=device).manual_seed(2024), D.rank(), D.world_size())
-    views = make_views(train_set.images[monitor_idx], recipes[:2], gen)
     method.eval()
     # the network as it trains: BatchNorm normalises with the monitor batch's own statistics (running statistics lag
     # the weights: at initialisation they would give eta ~ 0.01 where training sees ~ 0.7), running buffers untouched
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None), batch_statistics(method):
-        metrics = method.monitor(views, index=monitor_idx)
+        metrics = method.monitor(monitor_views, index=monitor_idx)
     record.update(
         {f"monitor_{k}": v for k, v in zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist())}
     )

@@ -76,7 +76,7 @@ def test_knn_is_scale_invariant_and_k1_is_the_nearest_neighbour():
 @pytest.mark.parametrize("k, t", [(0, 0.1), (5, 0.0), (5, -1.0)])
 def test_knn_rejects_bad_parameters(k, t):
     x = torch.randn(10, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"k must be >= 1 and temperature > 0, got k={k}, temperature={t}"):
         E.knn_predict(x, torch.zeros(10, dtype=torch.int64), x, 2, k=k, temperature=t)
 
 
@@ -218,3 +218,42 @@ def test_extract_features_keeps_the_order_across_batches():
     images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 1, 2, 2).contiguous()
     feats = E.extract_features(lambda x: x.mean(dim=(1, 2, 3))[:, None], images, (0.0,), (1.0,), batch_size=3)
     assert torch.allclose(feats[:, 0], torch.arange(10) / 255)
+
+
+def test_evaluate_run_scores_the_checkpoint_and_the_untrained_network_of_a_run(tmp_path):
+    """The trained scores come from the checkpoint (and go to eval.json); untrained=True rebuilds the network the
+    trainer started from, so its kNN equals the run's epoch-0 record on the same bank and queries."""
+    import json
+
+    from erlib.runs import load_run
+    from erlib.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        dataset="synthetic",
+        backbone="convnet_tiny",
+        method="simclr",
+        batch_size=64,
+        epochs=1,
+        optimizer="sgd",
+        lr=0.05,
+        warmup_epochs=0,
+        monitor_size=64,
+        knn_k=200,
+        knn_test_size=0,
+        knn_train_size=0,
+        progress=False,
+        precision="fp32",
+        channels_last=False,
+        out_dir=str(tmp_path),
+        name="r",
+        method_options={"proj_hidden_dim": 64, "proj_dim": 32},
+    )
+    run = load_run(train(cfg))
+    first, last = run.epoch_records()[0], run.epoch_records()[-1]
+    trained = E.evaluate_run(run.path, device="cpu", linear=False)
+    assert trained["epoch"] == 1 and trained["knn200"] == pytest.approx(last["knn200"], abs=1e-6)
+    assert json.loads((run.path / "eval.json").read_text())["knn200"] == trained["knn200"]
+    (run.path / "eval.json").unlink()
+    untrained = E.evaluate_run(run.path, device="cpu", linear=False, untrained=True)
+    assert untrained["epoch"] == 0 and untrained["knn200"] == pytest.approx(first["knn200"], abs=1e-6)
+    assert untrained["knn200"] != trained["knn200"] and not (run.path / "eval.json").exists()

@@ -71,3 +71,36 @@ def test_data_banner_warns_on_the_synthetic_fallback(monkeypatch):
         assert "⚠ Warning" in story.data_banner()
     monkeypatch.setattr(story, "preset_data", lambda: presets.PresetData("cifar10", True, "CIFAR-10 (torchvision)"))
     assert story.data_banner() == "Data: CIFAR-10 (torchvision)."
+
+
+def test_describe_change_says_only_what_the_epoch_records_say(tmp_path):
+    run = make_run(tmp_path / "byol", untrained=0.25, final=0.40)  # knn200 0.25, 0.30, 0.35, 0.40 at epochs 0..3
+    assert story.describe_change(run, "knn200", "kNN200", band=0.01) == (
+        "kNN200 went from 0.250 (epoch 0) to 0.400 (epoch 3): a rise of 0.150"
+    )
+    assert story.describe_change(run, "knn200", "kNN200", start=2, band=0.06).endswith("no trend (within ±0.06)")
+    falling = make_run(tmp_path / "dino", untrained=0.40, final=0.25)
+    assert story.describe_change(falling, "knn200", "kNN").endswith("a fall of 0.150")
+    assert "fewer than two epoch records" in story.describe_change(run, "knn200", "kNN", start=3)
+
+
+def test_collapse_warnings_become_one_line_per_run_and_others_pass_through(capsys):
+    import warnings
+
+    def train():
+        for epoch in (2, 3):  # the trainer's wording (erlib/train.py)
+            warnings.warn(
+                f"dino: entropy at its floor after epoch {epoch} (monitor η = 0.001): the representation has collapsed",
+                stacklevel=1,
+            )
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        return "the run"
+
+    with pytest.warns(UserWarning, match="something else") as passed:
+        assert story.train_and_count_collapse(train) == "the run"
+    assert len(passed) == 1
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        f"dino: the trainer warned that the monitor η fell below the collapse floor "
+        f"{C.COLLAPSE_ETA} after epoch(s) 2, 3"
+    )
