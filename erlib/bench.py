@@ -187,8 +187,7 @@ def count_step_flops(
 
 
 def _build(name: str, er: bool, cfg: BenchConfig, n: int, device: torch.device, channels_last: bool):
-    # TINY_HEADS: method name -> keyword options (mypy infers its values as ``object``)
-    options: dict[str, Any] = dict(cast("dict[str, Any]", TINY_HEADS[name])) if cfg.small_heads else {}
+    options: dict[str, Any] = dict(TINY_HEADS[name]) if cfg.small_heads else {}
     if name == "deepcluster":
         options["num_samples"] = n
     torch.manual_seed(0)

@@ -342,6 +342,8 @@ def _train_loop(
 
     if state.step == 0:  # the untrained network: every curve starts at initialisation
         emit(_epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp))
+        if method.memory_bank:
+            _fill_memory(method, train_set, recipes, cfg, amp, channels_last)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc=run_dir.name)
     acc = MetricAccumulator()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -468,6 +470,31 @@ def train_step(
     optimizer.step()
     method.update(progress)
     return out
+
+
+#: Offset of the seed of the memory-filling pass's augmentations from the run's seed (its own stream: the training
+#: views are the same with or without the pass).
+MEMORY_SEED_OFFSET = 7919
+
+
+def _fill_memory(
+    method: Method, train_set: Dataset, recipes: list[ViewRecipe], cfg: TrainConfig, amp, channels_last: bool
+) -> None:
+    """Fill a method's memory bank before the first step (DeepCluster-v2's ``init_memory``): one pass over the whole
+    training set in batches of about ``batch_size``, the two large crops from their own random stream, no gradient,
+    BatchNorm on batch statistics with its running statistics untouched. Every rank passes over every image."""
+    device = train_set.images.device
+    gen = ShardedGenerator(torch.Generator(device=device).manual_seed(cfg.seed + MEMORY_SEED_OFFSET))
+    chunks = torch.arange(len(train_set), device=device).tensor_split(max(1, len(train_set) // cfg.batch_size))
+    was_training = method.training
+    method.train()
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None), batch_statistics(method):
+        for idx in chunks:  # nearly equal chunks: none of a single image, which BatchNorm cannot normalise
+            views = make_views(train_set.images[idx], recipes[:2], gen)
+            if channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            method.fill_memory(views, idx)
+    method.train(was_training)
 
 
 def _check_finite(bad_step: int, epoch: int, ckpt_path: Path) -> None:

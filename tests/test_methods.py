@@ -457,6 +457,36 @@ def test_er_objective_is_kappa_times_mean_cosine_plus_entropy_of_the_chosen_rows
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def test_deepcluster_fill_memory_stores_both_large_crops_and_touches_nothing_else():
+    """fill_memory (the trainer's pass before the first step) writes exactly the rows of ``index``: the unit projections
+    of views 0 and 1 in memory crops 0 and 1, marks them seen, and changes no weight and no BatchNorm statistic; the
+    first clustering then runs at epoch 0."""
+    from erlib.nn import batch_statistics
+
+    method = make64("deepcluster", num_samples=8, num_prototypes=(3, 4))
+    views = images(4, 32, seed=31, dtype=F64) + images(4, 16, seed=32, dtype=F64)  # two large crops, two small
+    index = torch.tensor([6, 1, 3, 0])
+    before = {
+        k: v.clone()
+        for k, v in method.state_dict().items()
+        if isinstance(v, torch.Tensor) and not k.startswith(("memory", "seen"))
+    }
+    with batch_statistics(method):
+        method.fill_memory(views, index)
+        # both large crops through the network as one batch (BatchNorm normalises over both, as in training)
+        expected = unit(method.projector(method.backbone(torch.cat(views[:2])))).chunk(2)
+    for crop in range(2):
+        torch.testing.assert_close(method.memory[crop, index], expected[crop], rtol=1e-12, atol=1e-12)
+    others = torch.tensor([2, 4, 5, 7])
+    assert bool(method.memory[:, others].eq(0).all()) and method.seen.tolist() == [i in (0, 1, 3, 6) for i in range(8)]
+    after = method.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items()), "fill_memory changed weights or BN statistics"
+    method.on_epoch_start(0)
+    assert method.has_labels  # 4 images seen >= max(K) = 4: clustered before any step
+    assert method.assignments[:, others].eq(-1).all() and method.assignments[:, index].ge(0).all()
+    assert M.build("simclr", backbone="convnet_tiny").memory_bank is False and method.memory_bank is True
+
+
 def fill_bank_and_cluster(method: M.DeepClusterV2, views: list[torch.Tensor], index: torch.Tensor) -> None:
     """DeepCluster-v2's first epoch: forward passes over every sample fill the memory bank, then k-means."""
     assert not method.has_labels

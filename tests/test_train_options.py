@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import erlib.config as config_module
 import erlib.train as T
 from erlib.config import TrainConfig
 from erlib.runs import load_checkpoint, load_run
@@ -128,17 +129,19 @@ def test_log_every_epochs_batch_size_and_train_subset_set_the_records(tmp_path):
 @pytest.fixture
 def spy(monkeypatch):
     calls: dict[str, list] = {"views": [], "step": [], "knn": [], "recipes": [], "compile": []}
-    make_views, recipe_views, knn = T.make_views, T.recipe_views, T.knn_accuracy
+    make_views, recipe_views, knn = T.make_views, config_module.recipe_views, T.knn_accuracy
     real_step = T.train_step
+
+    def views(images, recipes, g=None):
+        calls["views"].append((images.shape[0], len(recipes)))
+        return make_views(images, recipes, g)
+
+    for module in (T, config_module):  # training views (the trainer), monitor views (TrainConfig.monitor_views)
+        monkeypatch.setattr(module, "make_views", views)
     monkeypatch.setattr(
-        T,
-        "make_views",
-        lambda images, recipes, g=None: (
-            calls["views"].append((images.shape[0], len(recipes))) or make_views(images, recipes, g)
-        ),
-    )
-    monkeypatch.setattr(
-        T, "recipe_views", lambda name, **kw: calls["recipes"].append((name, kw)) or recipe_views(name, **kw)
+        config_module,
+        "recipe_views",
+        lambda name, **kw: calls["recipes"].append((name, kw)) or recipe_views(name, **kw),
     )
     monkeypatch.setattr(
         T,
@@ -160,7 +163,7 @@ def spy(monkeypatch):
 def test_monitor_size_is_the_monitor_batch_and_batch_size_the_training_batch(tmp_path, spy):
     train(cfg(tmp_path, monitor_size=48, epochs=1, train_subset=64, batch_size=16))
     sizes = [n for n, _ in spy["views"]]
-    assert sizes.count(48) == 2 and sizes.count(16) == 4  # the epoch-0 and epoch-1 monitor passes; 4 steps
+    assert sizes.count(48) == 1 and sizes.count(16) == 4  # the monitor views, made once for every epoch; 4 steps
 
 
 def test_knn_settings_reach_the_evaluation(tmp_path, spy):
@@ -320,3 +323,31 @@ def test_every_train_config_field_has_an_effect_test():
             else here
         )
         assert name.endswith(".py") or f"def {name}(" in source, test
+
+
+def test_deepcluster_bank_is_filled_before_the_first_step_so_epoch_one_trains(tmp_path):
+    """The trainer's pass before the first step (DeepCluster-v2's init_memory) fills the bank: the first clustering
+    happens before epoch 1, so the first training step already has labels and a positive loss (without the pass the
+    whole first epoch has a zero loss). The untrained network's epoch-0 record comes before the pass."""
+    cfg = TrainConfig(
+        dataset="synthetic",
+        backbone="convnet_tiny",
+        method="deepcluster",
+        batch_size=64,
+        epochs=1,
+        optimizer="sgd",
+        lr=0.05,
+        warmup_epochs=0,
+        log_every=1,
+        monitor_size=64,
+        knn_k=20,
+        progress=False,
+        out_dir=str(tmp_path),
+        name="dc",
+        method_options={"proj_hidden_dim": 32, "proj_dim": 16, "num_prototypes": [8, 6]},
+    )
+    run = load_run(train(cfg))
+    first_train = run.train_records()[0]
+    assert first_train["step"] == 1 and first_train["loss"] > 0.5  # CE over 8 and 6 clusters: about log K
+    state = load_checkpoint(run.checkpoint)["method"]
+    assert bool(state["seen"].all()) and bool((state["assignments"] >= 0).all())

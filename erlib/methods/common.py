@@ -203,6 +203,15 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch."""
 
+    #: Whether the method keeps a memory bank that the trainer fills before the first step (:meth:`fill_memory`).
+    memory_bank: ClassVar[bool] = False
+
+    def fill_memory(self, views: list[Tensor], index: Tensor) -> None:
+        """Store the embeddings of ``views`` of the images ``index`` in the memory bank, without gradient and without
+        any other effect (methods with ``memory_bank = True``; the trainer calls it over the whole training set before
+        the first step, as DeepCluster-v2's ``init_memory`` does)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no memory bank")
+
 
 def full_precision(t: Tensor) -> Tensor:
     """Half-precision tensors (bf16/fp16 under autocast) promoted to float32; float32/float64 left as they are.

@@ -9,9 +9,11 @@ crop predicts its image's labels:
           -\log\operatorname{softmax}\big(\bar z_{v,i}^\top C_h/\tau\big)_{y_{h,i}} .
 
 ER reading (Rodríguez-Gálvez et al., 2023): reconstruction of the k-means label :math:`W_2`; the partition keeps
-:math:`H(W_2)` (the entropy of the cluster sizes) high. During the first epoch the loss is zero: the forward passes
-fill the bank. Images the bank has not seen at a clustering (the sampler drops a last partial batch) carry no label
-until the next.
+:math:`H(W_2)` (the entropy of the cluster sizes) high. Before the first step the trainer fills the bank in one pass
+over the training set without gradient (:meth:`DeepClusterV2.fill_memory`, as the original's ``init_memory``), so the
+first clustering happens before the first epoch; the training forwards then keep the bank current. Images the bank
+has not seen at a clustering carry no label (−1) until the next (without that pass, the whole first epoch has no
+labels and a zero loss).
 
 **DeepCluster-v2-ER** (erlib's design, docs/design.md; whether the paper trained one is not known): the same
 reconstruction plus minus the marginal entropy of the predictions of every head,
@@ -122,6 +124,7 @@ class DeepClusterV2(Method):
 
     name = "deepcluster"
     Config = DeepClusterConfig
+    memory_bank = True
     cfg: DeepClusterConfig
     memory: Tensor
     seen: Tensor
@@ -200,6 +203,13 @@ class DeepClusterV2(Method):
         return {**self._metrics(z, scores, labels), **feature_metrics(h[0], self.cfg.kappa)}
 
     @torch.no_grad()
+    def fill_memory(self, views: list[Tensor], index: Tensor) -> None:
+        """Store the unit projections of the two large crops for the images ``index`` (this rank's own call: no
+        gather, so every rank that passes over every image holds the same bank)."""
+        _, z = encode_views(views[:2], self.backbone, self.projector)
+        self._remember(index, [unit_rows(t) for t in z])
+
+    @torch.no_grad()
     def _remember(self, index: Tensor, z: list[Tensor]) -> None:
         for crop, zc in enumerate(z):
             self.memory[crop, index] = zc.to(self.memory.dtype)
@@ -220,8 +230,8 @@ class DeepClusterV2(Method):
         self.has_labels = True
 
     def on_epoch_start(self, epoch: int) -> None:
-        # after the first epoch; images the bank has not seen (the sampler drops a last partial batch) get label -1
-        if epoch >= 1 and int(self.seen.sum()) >= max(self.cfg.num_prototypes):  # one sync per epoch
+        # as soon as the bank holds enough images (the trainer fills it before epoch 0); images it has not seen get -1
+        if int(self.seen.sum()) >= max(self.cfg.num_prototypes):  # one sync per epoch
             self.cluster(epoch)
 
     def get_extra_state(self) -> dict:

@@ -1,0 +1,56 @@
+"""The reference runs committed under results/ are what their summaries say: every run folder loads, none carries a
+checkpoint, and the verdicts recorded at export are exactly what the claim functions compute from the runs today.
+
+A change to a claim's criterion or to the record format that would change a committed verdict fails here: re-export
+the reference set (``python -m erlib claims ... --export``) or explain the change."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from erlib import claims as C
+from erlib.reproduce import reference_runs
+from erlib.runs import load_run
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = reference_runs(ROOT / "results")
+
+
+def test_the_repository_carries_a_reference_set():
+    assert SETS, "results/ holds no reference set (a folder with summary.json); export one with python -m erlib claims"
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+@pytest.mark.parametrize("ref", SETS, ids=[s["path"].name for s in SETS])
+def test_reference_runs_load_without_checkpoints_and_their_verdicts_hold(ref):
+    path = Path(ref["path"])
+    for key in ("label", "preset", "command", "machine", "commit", "verdicts"):
+        assert ref.get(key), f"{path}/summary.json lacks {key!r}"
+    assert not list(path.rglob("checkpoint.pt")), "reference sets carry no checkpoints"
+    runs = [p for p in path.glob("seed*/*") if p.is_dir()]
+    assert runs, f"{path} holds no run folders"
+    for run_dir in runs:
+        run = load_run(run_dir)
+        assert run.epoch_records() and run.epoch_records()[0]["epoch"] == 0, run_dir
+        assert run.config["dataset"] != C.SYNTHETIC_DATASET, f"{run_dir}: a reference run on synthetic data"
+    for seed, recorded in ref["verdicts"].items():
+        today = [v.to_dict() for v in C.decide_all(path / f"seed{seed}")]
+        recorded_by_id = {v["claim"]: v for v in recorded}
+        for verdict in today:
+            old = recorded_by_id.get(verdict["claim"])
+            assert old is not None, f"{path}: seed {seed} records no verdict for {verdict['claim']}"
+            assert old["status"] == verdict["status"], (verdict["claim"], old["status"], verdict["status"])
+            assert _close(json.loads(json.dumps(verdict["numbers"])), old["numbers"]), verdict["claim"]
