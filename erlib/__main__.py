@@ -6,6 +6,7 @@
     python -m erlib eval runs/<name>                                              kNN, linear probe, RankMe
     python -m erlib methods [NAME]                                                the methods and their options
     python -m erlib notebooks --preset tiny|small|full [--only 01,02]             execute the notebooks headless
+    python -m erlib claims --preset small [--seeds 0,1,2] [--only C2,C3]         decide the paper's claims from runs
     python -m erlib bench [--methods simclr,byol] [--batch-size 512]              training throughput
 
 Errors are reported on one line (``error: ...``, exit status 2); ``--debug`` shows the traceback instead.
@@ -193,8 +194,9 @@ def _bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         small_heads=args.small_heads,
         device=args.device,
+        paths=args.paths.split(",") if args.paths else None,
     )
-    report = run_benchmark(cfg)
+    report = run_benchmark(cfg.validate())
     print(format_table(report))
     out = args.out or f"runs/bench/bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     print(f"JSON: {write_report(report, out)}")
@@ -202,6 +204,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from erlib.bench import PATHS
+    from erlib.data import DATASETS
+    from erlib.nn import BACKBONES
     from erlib.presets import PRESETS
 
     parser = argparse.ArgumentParser(
@@ -239,19 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser(
         "bench", parents=[debug], help="training throughput (images/s, TFLOP/s, memory) against a DataLoader baseline"
     )
-    be.add_argument("--methods", default="simclr,deepcluster,swav,byol,dino")
-    be.add_argument("--no-er", action="store_true", help="originals only")
-    be.add_argument("--backbone", default="resnet18_cifar")
-    be.add_argument("--dataset", default="cifar10-jpeg75")
-    be.add_argument("--batch-size", type=int, default=512)
-    be.add_argument("--warmup", type=int, default=10)
-    be.add_argument("--steps", type=int, default=20, help="steps per timed window")
-    be.add_argument("--repeats", type=int, default=5, help="timed windows (the median is reported)")
-    be.add_argument("--workers", type=int, default=8, help="DataLoader workers of the baseline")
-    be.add_argument("--no-baseline", action="store_true")
+    be.add_argument(
+        "--methods",
+        default="simclr,deepcluster,swav,byol,dino",
+        help="comma-separated methods to measure (default: all five)",
+    )
+    be.add_argument("--no-er", action="store_true", help="originals only (default: each with its ER variant)")
+    be.add_argument(
+        "--backbone",
+        default="resnet18_cifar",
+        choices=sorted(BACKBONES),
+        help="the encoder (default: resnet18_cifar, the GPU benchmark; convnet_tiny with --small-heads on a CPU)",
+    )
+    be.add_argument("--dataset", default="cifar10-jpeg75", choices=DATASETS, help="the images (default: the pack)")
+    be.add_argument("--batch-size", type=int, default=512, help="source images per step, two views each (default 512)")
+    be.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, caches) (default 10)")
+    be.add_argument("--steps", type=int, default=20, help="steps per timed window (default 20)")
+    be.add_argument("--repeats", type=int, default=5, help="timed windows; the median is reported (default 5)")
+    be.add_argument("--workers", type=int, default=8, help="DataLoader workers of the baseline (default 8)")
+    be.add_argument("--no-baseline", action="store_true", help="skip the torchvision DataLoader baseline")
     be.add_argument("--compile", action="store_true", help="torch.compile the erlib step")
-    be.add_argument("--small-heads", action="store_true", help="the tiny preset's heads (CPU smoke runs)")
-    be.add_argument("--device", default="auto")
+    be.add_argument("--small-heads", action="store_true", help="the CPU presets' small heads")
+    be.add_argument(
+        "--paths",
+        default="",
+        help="comma-separated execution paths measured side by side, from "
+        + ", ".join(PATHS)
+        + " (auto: what the trainer picks on this device); default: fp32,auto on a CPU (before / after), auto on CUDA",
+    )
+    be.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     be.add_argument("--out", default="", help="JSON path (default runs/bench/bench-<timestamp>.json)")
     be.set_defaults(func=_bench)
     ev = sub.add_parser(

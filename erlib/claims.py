@@ -67,6 +67,7 @@ __all__ = [
     "c5_er_competitive",
     "c6_clustering_maximises_mi",
     "c7_dino_centering_sharpening",
+    "dino_regime",
     "c8_infonce_and_er_below_log_k",
     "c9_batch_size_and_monitor_entropy",
     "decide",
@@ -881,6 +882,20 @@ C7_CRITERION = (
 )
 
 
+def dino_regime(marginal: float, conditional: float, k: int) -> str:
+    """Which of C7's signatures a teacher's two entropies show (nats, K outputs): "uniform outputs" (both at least
+    :data:`C7_UNIFORM_FRACTION` log K), "one output dominates" (the marginal at most :data:`C7_DOMINANT_FRACTION`
+    log K), "informative" (DINO's healthy regime), or "between the signatures"."""
+    log_k = math.log(k)
+    if min(marginal, conditional) >= C7_UNIFORM_FRACTION * log_k:
+        return "uniform outputs"
+    if marginal <= C7_DOMINANT_FRACTION * log_k:
+        return "one output dominates"
+    if marginal >= C7_FULL_MARGINAL_FRACTION * log_k and conditional <= C7_FULL_CONDITIONAL_FRACTION * log_k:
+        return "informative"
+    return "between the signatures"
+
+
 def c7_dino_centering_sharpening(runs: Mapping[str, RunLike | None]) -> Verdict:
     """C7: DINO's centering and sharpening control the two teacher entropies (derived, following the DINO paper's
     analysis of collapse, Caron et al. 2021). See :data:`C7_CRITERION`; roles ``dino``, ``dino@sharpening=False``
@@ -918,9 +933,9 @@ def c7_dino_centering_sharpening(runs: Mapping[str, RunLike | None]) -> Verdict:
             marginal_over_log_K=marginal / log_k,
             conditional_over_log_K=conditional / log_k,
         )
-    uniform = min(h["centering_only"]) >= C7_UNIFORM_FRACTION * log_k
+    uniform = dino_regime(*h["centering_only"], k) == "uniform outputs"
     dominant = h["sharpening_only"][0] <= C7_DOMINANT_FRACTION * log_k
-    full = h["both"][0] >= C7_FULL_MARGINAL_FRACTION * log_k and h["both"][1] <= C7_FULL_CONDITIONAL_FRACTION * log_k
+    full = dino_regime(*h["both"], k) == "informative"
     d.numbers.update(centering_only_uniform=uniform, sharpening_only_dominant=dominant, both_informative=full)
 
     def frac(x: float) -> str:

@@ -78,7 +78,9 @@ class TrainConfig:
     )
     download: bool = _f(False, "data", "let torchvision download cifar10 / cifar100 / stl10 (needs a network)")
     train_subset: int = _f(
-        0, "data", "train on a random subset of this many images (0 = all); the notebooks' CPU presets use 2,000-4,000"
+        0,
+        "data",
+        "train on a random subset of this many images (0 = all); the CPU presets use 2,000 (tiny) and 10,000 (small)",
     )
     augmentation: str = _f(
         "",
@@ -126,8 +128,8 @@ class TrainConfig:
         "lars",
         "optimisation",
         "lars (SimCLR, BYOL, SwAV recipes; adaptive per-layer rate, no "
-        "decay or adaptation on biases and norms), sgd (DINO with ResNets, small CPU runs), adamw "
-        "(DINO with ViTs)",
+        "decay or adaptation on biases and norms), sgd (DINO with ResNets), adamw "
+        "(DINO with ViTs; the CPU presets, where it learns fastest)",
         OPTIMIZERS,
     )
     lr: float = _f(

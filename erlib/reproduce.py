@@ -25,7 +25,15 @@ from erlib.fileio import atomic_write_text
 from erlib.presets import default_runs_dir, ensure_run, spec_config
 from erlib.runs import META, load_run
 
-__all__ = ["ClaimsResult", "claim_configs", "combine_seeds", "reproduce", "export_results", "reference_runs"]
+__all__ = [
+    "ClaimsResult",
+    "claim_configs",
+    "combine_seeds",
+    "reproduce",
+    "export_results",
+    "reference_runs",
+    "reference_table",
+]
 
 
 @dataclass
@@ -114,6 +122,7 @@ def reproduce(
     )
     if out_dir is not None:
         result.report = C.write_report(result.combined, out_dir)
+        _append_references(result.report[0], result.combined, preset)
         summary = {
             "preset": preset,
             "seeds": list(seeds),
@@ -125,6 +134,51 @@ def reproduce(
         }
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def reference_table(verdicts: Sequence[C.Verdict], references: Sequence[dict]) -> list[str]:
+    """Markdown lines: the reader's verdicts next to those recorded in each committed reference set (its label,
+    preset and command; the status per claim, combined over its seeds as :func:`combine_seeds` does)."""
+    if not references:
+        return []
+    ids = [v.claim for v in verdicts]
+    lines = [
+        "",
+        "## Next to the committed reference runs",
+        "",
+        "The verdicts of these runs next to those of the reference sets committed in `results/` (same claim "
+        "functions; a reference set's verdict is combined over its seeds).",
+        "",
+        "| claim | these runs | "
+        + " | ".join(C._cell(str(ref.get("label", ref["path"].name))) for ref in references)
+        + " |",
+        "| --- | --- | " + " | ".join("---" for _ in references) + " |",
+    ]
+    recorded = []
+    for ref in references:
+        per_seed = {int(seed): [C.Verdict.from_dict(v) for v in vs] for seed, vs in (ref.get("verdicts") or {}).items()}
+        combined = {v.claim: v.status for v in combine_seeds(per_seed)} if per_seed else {}
+        recorded.append(combined)
+    for claim_id, v in zip(ids, verdicts):
+        cells = [rec.get(claim_id, "—") for rec in recorded]
+        lines.append(f"| {claim_id} | {v.status} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for ref in references:
+        lines.append(
+            f"- {ref.get('label', ref['path'].name)}: preset `{ref.get('preset')}`, command `{ref.get('command')}`, "
+            f"machine {ref.get('machine')}, erlib commit {str(ref.get('commit'))[:10]} ({ref['path']})."
+        )
+    return lines
+
+
+def _append_references(report_md: Path, verdicts: Sequence[C.Verdict], preset: str) -> None:
+    from erlib.story import REFERENCE_PRESETS
+
+    shown = REFERENCE_PRESETS.get(preset, (preset,))
+    refs = [r for r in reference_runs() if r.get("preset") in (None, *shown)]
+    lines = reference_table(verdicts, refs)
+    if lines:
+        atomic_write_text(report_md, report_md.read_text() + "\n".join(lines) + "\n")
 
 
 def machine_description() -> str:

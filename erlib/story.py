@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from erlib import claims as C
-from erlib.plots import METHOD_ORDER, LineStyle, Series, color_for
+from erlib.plots import METHOD_ORDER, LineStyle, Panel, Series, color_for
 from erlib.presets import default_runs_dir, ensure_run, preset_data, spec_config
 from erlib.runs import Run, load_run
 
@@ -32,6 +32,7 @@ __all__ = [
     "ensure_spec",
     "runs_for",
     "curve",
+    "epoch_panel",
     "epoch_means",
     "baselines",
     "num_classes",
@@ -42,10 +43,13 @@ __all__ = [
     "verdict_table",
     "last",
     "ETA_LINES",
+    "REFERENCE_PRESETS",
 ]
 
 #: Classes of each dataset name (for chance lines).
 NUM_CLASSES = {"cifar10-jpeg75": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "synthetic": 4}
+#: Which committed reference sets a reader's preset is shown: its own, and for the tiny preview those of small too.
+REFERENCE_PRESETS = {"tiny": ("tiny", "small"), "small": ("small",), "full": ("full",)}
 #: Reference lines of every η panel.
 ETA_LINES = [(1.0, "η = 1: the log k ceiling"), (0.0, "η = 0: collapse")]
 
@@ -211,6 +215,26 @@ def epoch_means(run: Run, key: str) -> dict[int, float]:
     return out
 
 
+def epoch_panel(
+    runs: Sequence[Run],
+    key: str,
+    title: str,
+    ylabel: str,
+    preset: str | None = None,
+    hlines: Iterable[tuple[float, str]] = (),
+    names: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+) -> Panel:
+    """A panel of ``key`` against epochs completed for ``runs`` (names and colours optional), with the committed
+    reference runs of the same roles for ``preset`` (:func:`reference_curves`) and the given reference lines."""
+    series = [
+        curve(run, key, name=names[i] if names else None, color=colors[i] if colors else None)
+        for i, run in enumerate(runs)
+    ]
+    series += [ref for run in runs for ref in reference_curves(Path(run.path).name, key, preset)]
+    return Panel(series, title, "epochs completed", ylabel, hlines=list(hlines))
+
+
 def num_classes(run: Run) -> int:
     return NUM_CLASSES.get(run.config.get("dataset", ""), 10)
 
@@ -231,12 +255,14 @@ def reference_curves(
     role: str, key: str, preset: str | None = None, root: str | Path | None = None, seed: int = 0
 ) -> list[Series]:
     """Curves of ``role`` from the committed reference sets (``results/``), grey and dotted, labelled with their
-    set's label ("CPU reference, small preset, …"), to draw next to the reader's own run."""
+    set's label ("CPU reference, small preset, …"), to draw next to the reader's own run of ``preset``: sets of the
+    same preset, and for ``tiny`` (the preview of ``small``) the ``small`` sets too (:data:`REFERENCE_PRESETS`)."""
     from erlib.reproduce import reference_runs
 
+    shown = REFERENCE_PRESETS.get(preset, (preset,)) if preset is not None else None
     out = []
     for i, ref in enumerate(reference_runs(root)):
-        if preset is not None and ref.get("preset") not in (None, preset):
+        if shown is not None and ref.get("preset") is not None and ref["preset"] not in shown:
             continue
         run_dir = Path(ref["path"]) / f"seed{seed}" / role
         if not (run_dir / "config.json").is_file():

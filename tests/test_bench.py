@@ -205,3 +205,40 @@ def test_deepcluster_bench_without_baseline():
 def test_bad_bench_config(field, value):
     with pytest.raises(ValueError, match=f"BenchConfig.{field}"):
         BenchConfig(**{field: value}).validate()
+
+
+def test_cli_paths_choose_what_is_measured_and_bad_ones_are_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--methods",
+        "simclr",
+        "--no-er",
+        "--backbone",
+        "convnet_tiny",
+        "--dataset",
+        "synthetic",
+        "--batch-size",
+        "16",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--no-baseline",
+        "--small-heads",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--paths", "bf16-cl,fp32"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["path"], r["precision"], r["channels_last"]) for r in rows] == [
+        ("bf16-cl", "bf16", True),
+        ("fp32", "fp32", False),
+    ]
+    out.unlink()
+    assert main([*args, "--paths", "fp64"]) == 2
+    assert "BenchConfig.paths = ['fp64'] is invalid" in capsys.readouterr().err and not out.exists()

@@ -720,3 +720,18 @@ def test_write_report_writes_a_markdown_table_and_json_that_round_trips(tmp_path
     assert f"- **C2 PASS**: {verdicts[0].sentence}" in lines
     assert C.read_report(js) == verdicts
     assert C.format_verdicts(verdicts[:1]) == f"C2 PASS: {verdicts[0].sentence}"
+
+
+@pytest.mark.parametrize(
+    "marginal, conditional, expected",
+    [
+        (0.95, 0.92, "uniform outputs"),  # centering only: both entropies near log K
+        (0.05, 0.01, "one output dominates"),  # sharpening only: the marginal collapses
+        (0.85, 0.30, "informative"),  # DINO: a spread marginal, confident per-image outputs
+        (0.85, 0.60, "between the signatures"),
+        (0.70, 0.30, "between the signatures"),
+    ],
+)
+def test_dino_regime_names_c7s_signatures_from_the_fractions_of_log_k(marginal, conditional, expected):
+    k = 256
+    assert C.dino_regime(marginal * math.log(k), conditional * math.log(k), k) == expected

@@ -1,44 +1,48 @@
-"""Learning test on the real data: the tiny ConvNet on 2,000 images of the offline CIFAR-10 pack (JPEG q75 copy).
+"""Science regression on the real data: claim C3's direction at the tiny preset's scale.
 
-Measured on the 2-core CPU (4 epochs, batch 128, SGD lr 0.1, kNN k=200 t=0.1 on 1,000 test images): SimCLR reached
-0.254 → 0.271 and BYOL-ER 0.252 → 0.294 over epochs 1–4 (this configuration with epochs=4, knn_every=1),
-chance being 0.10. The threshold keeps a wide margin under those figures.
+BYOL and BYOL-ER at τ_base = 0 (the target *is* the online network), the tiny preset (tiny ConvNet, 2,000 images of
+the offline CIFAR-10 pack, JPEG q75 copy, 3 epochs, AdamW), monitor η and kNN200 (k = 200, t = 0.1, 1,000 test images)
+at the end. Measured on the development CPU over seeds 0–4 (tiny preset of this commit):
+
+=====  ==================  ===================  =============================  ==============================
+seed   η online BYOL       η online BYOL-ER     kNN200 BYOL (gain over init)   kNN200 BYOL-ER (gain over init)
+=====  ==================  ===================  =============================  ==============================
+0      0.357               0.928                0.239 (−0.7)                   0.319 (+7.3)
+1      0.439               0.922                0.199 (−5.3)                   0.282 (+3.0)
+2      0.404               0.926                0.237 (+0.0)                   0.306 (+6.9)
+3      0.485               0.916                0.269 (+2.0)                   0.314 (+6.5)
+4      0.415               0.926                0.239 (−1.7)                   0.326 (+7.0)
+=====  ==================  ===================  =============================  ==============================
+
+The direction held in 5 of 5 seeds: the ER variant keeps its entropy (η gap ≥ 0.43) and its kNN accuracy (≥ 4.5
+points above BYOL, ≥ 3.0 above the untrained network). The test runs seed 0 and asserts margins well inside those.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from erlib.data import CIFAR10_PACK, find_file
+from erlib.presets import preset_config
 from erlib.runs import load_run
-from erlib.train import TrainConfig, train
-
-HEADS = {"proj_hidden_dim": 512, "proj_dim": 128}
+from erlib.train import train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,er,extra", [("simclr", False, {}), ("byol", True, {"pred_hidden_dim": 512})])
-def test_tiny_convnet_learns_on_real_cifar10(tmp_path, method, er, extra):
-    find_file(CIFAR10_PACK)  # a clear error if the pack is missing
-    cfg = TrainConfig(
-        method=method,
-        er=er,
-        backbone="convnet_tiny",
-        train_subset=2000,
-        epochs=3,
-        batch_size=128,
-        optimizer="sgd",
-        lr=0.1,
-        warmup_epochs=0,
-        knn_every=3,
-        knn_test_size=1000,
-        log_every=5,
-        progress=False,
-        out_dir=str(tmp_path),
-        name=method,
-        method_options={**HEADS, **extra},
+def test_byol_er_keeps_entropy_and_accuracy_where_byol_at_tau_zero_loses_them(tmp_path):
+    find_file(CIFAR10_PACK)  # a clear error if the pack is missing: this test is about real images
+    runs = {}
+    for er in (False, True):
+        cfg = preset_config("tiny", "byol", er=er, runs_dir=str(tmp_path), method_options={"tau_base": 0.0})
+        assert cfg.dataset == "cifar10-jpeg75"
+        runs[er] = load_run(train(dataclasses.replace(cfg, progress=False)))
+    first, last = (
+        {er: r.epoch_records()[0] for er, r in runs.items()},
+        {er: r.epoch_records()[-1] for er, r in runs.items()},
     )
-    run = load_run(train(cfg))
-    final = [r for r in run.records if r["kind"] == "epoch"][-1]
-    assert final["knn200"] > 0.20, final  # chance: 0.10
-    assert final["monitor_eta_online"] > 0.05  # no collapse
+    assert last[True]["epoch"] == 3
+    assert last[True]["monitor_eta_online"] - last[False]["monitor_eta_online"] >= 0.25, last
+    assert last[True]["knn200"] - last[False]["knn200"] >= 0.02, last
+    assert last[True]["knn200"] - first[True]["knn200"] >= 0.01, (first, last)  # BYOL-ER learned

@@ -38,6 +38,23 @@ def test_notebook_is_stored_without_outputs_and_has_parameters(path):
     assert nb["cells"][0]["cell_type"] == "markdown", "a notebook opens with its title and what it teaches"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_reads_every_parameter_with_its_help(path, caplog):
+    """papermill parses each `name = value  # help` line of the parameters cell (a line it cannot parse is dropped from
+    `papermill --help-notebook` and logged as a warning in every headless run)."""
+    import ast
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    source = parameters_source(path)
+    assigned = [n.targets[0].id for n in ast.parse(source).body if isinstance(n, ast.Assign)]
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        parsed = PythonTranslator.inspect({"source": source})
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], caplog.text
+    assert [p.name for p in parsed] == assigned
+
+
 @pytest.fixture(scope="session")
 def shared_runs_dir(tmp_path_factory):
     """One runs folder for the whole series, as `python -m erlib notebooks` uses: later notebooks reuse earlier runs."""
@@ -71,8 +88,16 @@ def test_injected_parameter_takes_effect(tmp_path):
     params = {"runs_dir": str(tmp_path / "runs"), "method": "simclr", "er": False, "epochs": 1}
     [result] = run_notebooks("tiny", only=["00"], parameters=params, out_root=tmp_path, progress=False)
     assert result.status == "ok", result.error
-    config = json.loads((tmp_path / "runs" / "simclr" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "simclr@epochs=1" / "config.json").read_text())  # not the shared run
     assert config["method"] == "simclr" and config["er"] is False and config["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_notebooks_that_train_nothing_accept_every_preset(tmp_path):
+    """01 and 02 train nothing: the small preset (which the headless series passes to every notebook) runs them with
+    the quick settings instead of failing."""
+    results = run_notebooks("small", only=["01", "02"], out_root=tmp_path, progress=False)
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
 
 
 def test_cli_rejects_unknown_notebook(capsys):

@@ -59,3 +59,36 @@ def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_p
     assert ref["label"] == "CPU reference" and ref["commit"] == "abc123" and ref["path"] == dest
     [c8] = ref["verdicts"]["0"]
     assert c8["claim"] == "C8" and c8["status"] == "PASS"  # log k = log 128 caps both; both rose over 6 epochs
+
+
+def test_the_report_sets_the_readers_verdicts_next_to_each_reference_set(tmp_path):
+    from erlib import claims as C
+    from erlib.reproduce import reference_table
+
+    ref_dir = tmp_path / "results" / "gpu-full"
+    ref_dir.mkdir(parents=True)
+    recorded = {"0": [_verdict("C8", C.PASS).to_dict()], "1": [_verdict("C8", C.FAIL).to_dict()]}
+    (ref_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "label": "H200 reference, 40 epochs",
+                "preset": "full",
+                "command": "python -m erlib claims --preset full",
+                "machine": "NVIDIA H200",
+                "commit": "abc1234567",
+                "verdicts": recorded,
+            }
+        )
+    )
+    refs = reference_runs(tmp_path / "results")
+    lines = reference_table([_verdict("C8", C.PASS)], refs)
+    assert "| claim | these runs | H200 reference, 40 epochs |" in lines
+    assert "| C8 | PASS | INCONCLUSIVE |" in lines  # the reference's seeds disagree
+    assert any("python -m erlib claims --preset full" in line and "NVIDIA H200" in line for line in lines)
+    assert reference_table([_verdict("C8", C.PASS)], []) == []
+
+
+def _verdict(claim: str, status: str):
+    from erlib import claims as C
+
+    return C.Verdict(claim, "title", status, "criterion", {"x": 1.0}, "sentence")

@@ -54,6 +54,9 @@ def test_reference_curves_come_from_committed_sets_with_their_label(tmp_path):
     [series] = story.reference_curves("byol", "knn200", preset="small", root=tmp_path / "results")
     assert series.name == "CPU reference, small preset: BYOL" and series.dash == "dot" and series.x == [0, 1, 2, 3]
     assert story.reference_curves("byol", "knn200", preset="full", root=tmp_path / "results") == []
+    # the tiny preset previews the small one: its reader sees the small reference next to their own run
+    [preview] = story.reference_curves("byol", "knn200", preset="tiny", root=tmp_path / "results")
+    assert preview.name == series.name
     assert story.reference_curves("dino", "knn200", root=tmp_path / "results") == []
 
 
@@ -104,3 +107,23 @@ def test_collapse_warnings_become_one_line_per_run_and_others_pass_through(capsy
         f"dino: the trainer warned that the monitor η fell below the collapse floor "
         f"{C.COLLAPSE_ETA} after epoch(s) 2, 3"
     )
+
+
+def test_epoch_panel_draws_the_runs_and_their_committed_references(tmp_path, monkeypatch):
+    ref = tmp_path / "results" / "cpu-small"
+    ref_run = make_run(ref / "seed0" / "byol", untrained=0.30, final=0.45)
+    (ref / "seed0" / "byol").mkdir(parents=True)
+    (ref / "seed0" / "byol" / "config.json").write_text(json.dumps(ref_run.config))
+    (ref / "seed0" / "byol" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ref_run.records))
+    (ref / "summary.json").write_text(json.dumps({"label": "CPU reference", "preset": "small"}))
+    mine = make_run(tmp_path / "runs" / "byol")
+    import erlib.reproduce
+
+    real = erlib.reproduce.reference_runs
+    monkeypatch.setattr(erlib.reproduce, "reference_runs", lambda root=None: real(tmp_path / "results"))
+    panel = story.epoch_panel(
+        [mine], "knn200", "kNN", "accuracy", preset="tiny", hlines=[(0.1, "chance")], names=["mine"], colors=["#123456"]
+    )
+    assert [s.name for s in panel.series] == ["mine", "CPU reference: BYOL"] and panel.xlabel == "epochs completed"
+    assert panel.series[0].color == "#123456" and panel.series[1].y[-1] == pytest.approx(0.45)
+    assert panel.hlines == [(0.1, "chance")]
