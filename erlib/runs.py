@@ -84,8 +84,11 @@ COMPARED_AT_RESUME = tuple(f.name for f in TrainConfig.field_info() if f.name no
 
 
 def new_run_name(cfg: TrainConfig) -> str:
-    """``<method>[-er]-<YYYYmmdd-HHMMSS>-<4 hex>``: two runs started in the same second still get different names."""
-    return f"{cfg.run_label()}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    """``<method>[-er]-<YYYYmmdd-HHMMSS>-<8 hex>``: two runs started in the same second get different names.
+
+    The trainer also creates the folder with an atomic ``mkdir`` and draws again on a clash, so even a repeated name
+    cannot make two runs share a folder."""
+    return f"{cfg.run_label()}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
 def holds_run(path: Path) -> bool:
