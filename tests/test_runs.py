@@ -19,23 +19,10 @@ from erlib import runs
 from erlib.config import TrainConfig
 from erlib.runs import RunInUseError, RunLock, load_checkpoint, load_run, read_records, repair_metrics
 from erlib.train import resume_run, train
+from tests.helpers import MICRO_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(
-    dataset="synthetic",
-    backbone="convnet_tiny",
-    train_subset=64,
-    batch_size=32,
-    epochs=1,
-    optimizer="sgd",
-    lr=0.05,
-    warmup_epochs=0,
-    log_every=1,
-    monitor_size=32,
-    knn_every=0,
-    progress=False,
-    method_options={"proj_hidden_dim": 32, "proj_dim": 16},
-)
+SMALL = dict(MICRO_RUN)
 
 
 def small(tmp_path: Path, **overrides) -> TrainConfig:

@@ -15,24 +15,11 @@ import erlib.train as T
 from erlib.config import TrainConfig
 from erlib.runs import load_checkpoint, load_run
 from erlib.train import LARS, build_optimizer, train, train_step
+from tests.helpers import MICRO_RUN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BASE = dict(
-    dataset="synthetic",
-    backbone="convnet_tiny",
-    train_subset=64,
-    batch_size=32,
-    epochs=3,
-    optimizer="sgd",
-    lr=0.05,
-    warmup_epochs=0,
-    log_every=1,
-    monitor_size=32,
-    knn_every=0,
-    progress=False,
-    method_options={"proj_hidden_dim": 32, "proj_dim": 16},
-)
+BASE = {**MICRO_RUN, "epochs": 3}
 
 
 def cfg(tmp_path: Path, **overrides) -> TrainConfig:
