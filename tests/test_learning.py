@@ -2,7 +2,8 @@
 
 BYOL and BYOL-ER at τ_base = 0 (the target *is* the online network), the tiny preset (tiny ConvNet, 2,000 images of
 the offline CIFAR-10 pack, JPEG q75 copy, 3 epochs, AdamW), monitor η and kNN200 (k = 200, t = 0.1, 1,000 test images)
-at the end. Measured on the development CPU over seeds 0–4 (tiny preset of this commit):
+at the end. Measured on the development CPU (2-core AMD EPYC with AVX-512-BF16, bf16 path) over seeds 0–4 (tiny
+preset of this commit):
 
 =====  ==================  ===================  =============================  ==============================
 seed   η online BYOL       η online BYOL-ER     kNN200 BYOL (gain over init)   kNN200 BYOL-ER (gain over init)
@@ -16,6 +17,7 @@ seed   η online BYOL       η online BYOL-ER     kNN200 BYOL (gain over init)  
 
 The direction held in 5 of 5 seeds: the ER variant keeps its entropy (η gap ≥ 0.43) and its kNN accuracy (≥ 4.5
 points above BYOL, ≥ 3.0 above the untrained network). The test runs seed 0 and asserts margins well inside those.
+It also passed on a 2-core AVX2-only AMD EPYC (fp32 path), in 137 s with one thread.
 """
 
 from __future__ import annotations
