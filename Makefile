@@ -28,7 +28,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 # two workers, one test file at a time each: the notebooks run in order on one worker (they share their runs);
 # tests/test_browser.py runs where chromium and chromium-driver are installed and says why it skips elsewhere
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # ruff (lint rules and formatting, pyproject.toml) on the code and tests, mypy on the package
 lint: $(STAMP)
@@ -49,8 +49,9 @@ clean-runs:
 	rm -rf runs/
 
 # mutation testing of the pure modules (bounds, schedules, optimiser, augmentation, methods; [tool.mutmut] in
-# pyproject.toml): slow, run outside CI; the score goes into CONTRIBUTING.md
+# pyproject.toml): slow, run outside CI; the score goes into CONTRIBUTING.md. One module: make mutate MUTANTS='erlib.optim*'
+MUTANTS ?=
 mutate: $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet "mutmut>=3.3,<4"
-	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/python -m pip install --quiet "mutmut>=3.8,<4"
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS) || true
 	$(VENV)/bin/mutmut results

@@ -267,11 +267,26 @@ def spec_config(
     return dataclasses.replace(cfg, name=spec.name).validate()
 
 
-def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None) -> Run:
+def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None, wait: bool = True) -> Run:
     """The finished run of ``cfg``: reused when its folder holds a finished run of the same configuration and record
     format, resumed when such a run was interrupted, trained afresh otherwise (a folder with another configuration or
-    an older format is cleared first)."""
+    an older format is cleared first).
+
+    While another live process trains the same folder (two notebooks of a series run side by side, or the same
+    notebook open twice), ``wait=True`` blocks until it is done and then reuses its run; ``wait=False`` raises
+    :class:`erlib.runs.RunInUseError` instead."""
     path = Path(cfg.out_dir) / cfg.name
+    while True:
+        if wait:
+            runs.wait_while_in_use(path)
+        try:
+            return _reuse_resume_or_train(cfg, path, callback)
+        except runs.RunInUseError:  # claimed by another process between our look and our lock
+            if not wait:
+                raise
+
+
+def _reuse_resume_or_train(cfg: TrainConfig, path: Path, callback: Callable[[dict], None] | None) -> Run:
     if runs.holds_run(path):
         run = load_run(path) if (path / "config.json").is_file() else None
         same = (

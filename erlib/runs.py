@@ -12,7 +12,8 @@
   step) and one after every epoch. ``epoch`` has this one meaning, epochs completed, in every record;
 * ``checkpoint.pt`` and ``checkpoint.sha256`` — model, optimiser, EMA teacher, method state, RNG states, step and the
   config, with a digest written before it (see :func:`save_checkpoint`);
-* ``.lock`` — while a process trains the run: its pid, host and start time.
+* ``.lock`` — while a process trains the run: its pid, host and start time. Another trainer is refused; a reader
+  that needs the finished run can wait for it (:func:`wait_while_in_use`, what the notebooks' ``ensure_run`` does).
 
 A run folder is something people share, so reading one never executes code: checkpoints are loaded with
 ``torch.load(weights_only=True)`` (tensors and plain Python data only) after their digest is checked, JSON is parsed
@@ -29,7 +30,9 @@ import pickle
 import secrets
 import socket
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +64,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "remove_run",
+    "wait_while_in_use",
     "CHECKPOINT",
     "DIGEST",
     "COMPARED_AT_RESUME",
@@ -102,13 +106,17 @@ class RunInUseError(FileExistsError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie (exited, not yet reaped by its parent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    try:  # Linux: state Z is a process that has exited
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class RunLock:
@@ -128,15 +136,26 @@ class RunLock:
         except (OSError, ValueError):
             return {"pid": -1, "host": "?", "since": "?"}
 
+    def live_holder(self) -> dict | None:
+        """Who holds the lock, if anyone may still be training: None when there is no lock or when it was left by a
+        killed process on this host; the holder otherwise (a live pid here, or any holder on another host, whose
+        liveness cannot be checked from here)."""
+        holder = self.holder()
+        if holder is None:
+            return None
+        pid = int(holder.get("pid", -1))
+        if holder.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+            return None
+        return holder
+
     def acquire(self) -> RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(timespec="seconds")}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
-                holder = self.holder() or {}
-                stale = holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))
-                if not stale:
+                holder = self.live_holder()
+                if holder is not None:
                     raise RunInUseError(
                         f"run folder {self.path.parent} is in use by pid {holder.get('pid')} on host "
                         f"{holder.get('host')} (since {holder.get('since')}); wait for it to finish, or delete "
@@ -160,6 +179,22 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def wait_while_in_use(run_dir: Path, poll: float = 1.0, say: Callable[[str], None] | None = print) -> float:
+    """Block while another live process holds ``run_dir``'s lock (e.g. a second notebook training the same run);
+    ``say`` is told once whom we wait for. Returns the seconds waited (0.0 when the folder was free)."""
+    lock, start, told = RunLock(run_dir), time.monotonic(), False
+    while (holder := lock.live_holder()) is not None:
+        if not told and say is not None:
+            say(
+                f"waiting for {Path(run_dir).name}: pid {holder.get('pid')} on host {holder.get('host')} is training "
+                f"it (since {holder.get('since')}); its run is used once it finishes (delete {lock.path} if that "
+                "process no longer exists)"
+            )
+            told = True
+        time.sleep(poll)
+    return time.monotonic() - start
 
 
 def remove_run(path: Path) -> None:

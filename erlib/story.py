@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 __all__ = [
     "NUM_CLASSES",
+    "fixed",
     "train_and_count_collapse",
     "describe_change",
     "data_banner",
@@ -124,7 +125,13 @@ def runs_for(names: Sequence[str], runs_dir: str | Path) -> dict[str, Run]:
 
 
 def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
+    return "–" if x is None else fixed(x)
+
+
+def fixed(x: float, digits: int = 3, width: int = 0) -> str:
+    """``x`` with ``digits`` decimals, right-aligned in ``width``, never as ``-0.000``: a value that rounds to zero is
+    printed as ``0.000`` whatever the sign of its rounding noise."""
+    return f"{round(float(x), digits) + 0.0:{width}.{digits}f}"
 
 
 def train_and_count_collapse(train: Callable[[], T]) -> T:

@@ -14,6 +14,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, no oversubscription
     torch.set_num_threads(1)
+    # ... and so for the processes the tests start (notebook kernels, the CLI): a kernel with two OpenMP threads next
+    # to a busy worker ran its training 3-5x slower than alone
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs ``--dist loadgroup --no-loadscope-reorder``: every test without an ``xdist_group`` runs with
+    the rest of its file (as ``--dist loadfile`` would), and the groups named ``notebooks-*`` (tests/test_notebooks.py)
+    are scheduled first, one per worker, since they are the longest."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: not item.get_closest_marker("xdist_group").args[0].startswith("notebooks-"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches_under_mutmut():
+    """mutmut forks each mutant from a process that already ran the tests, so a cache would answer with the unmutated
+    code's values and hide the mutant (``make mutate``): clear erlib's one cache first."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        from erlib import bounds
+
+        bounds._cached_log_normalizer.cache_clear()
+    yield
 
 
 @pytest.fixture(scope="module")

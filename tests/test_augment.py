@@ -432,8 +432,25 @@ def test_blur_rejects_bad_kernel_sizes():
     x = torch.rand(2, 3, 8, 8)
     with pytest.raises(ValueError, match="kernel_size must be a positive odd"):
         A.gaussian_blur(x, p=1.0, kernel_size=4)
-    with pytest.raises(ValueError, match="kernel_size 17 needs images larger"):
+    with pytest.raises(ValueError, match=r"kernel_size 17 needs images larger than 8 pixels, got 8x8; pass a smaller"):
         A.gaussian_blur(x, p=1.0, kernel_size=17)
+    with pytest.raises(ValueError, match=r"kernel_size 5 needs images larger than 2 pixels, got 2x9"):
+        A.gaussian_blur(torch.rand(2, 3, 2, 9), p=1.0, kernel_size=5)
+    # one tap is the identity kernel, a legal (if useless) size; 3 taps fit an image of 2 pixels
+    assert torch.equal(A.gaussian_blur(x, p=1.0, kernel_size=1, generator=gen(5)), x)
+    assert A.gaussian_blur(torch.rand(2, 3, 2, 9), p=1.0, kernel_size=3).shape == (2, 3, 2, 9)
+
+
+@pytest.mark.parametrize("op,p", [("gaussian_blur", 0.5), ("solarize", 0.2)])
+def test_default_probabilities_are_the_documented_ones(op, p):
+    """The functions' defaults: blur with p = 0.5 (SimCLR's), solarise with p = 0.2 (BYOL's second view); the recipes
+    set their own. The fraction of 4,000 images changed is within 4 standard errors of p."""
+    n = 4000
+    x = 0.6 + 0.4 * rand_images(n, size=8, seed=61)  # every pixel above the solarisation threshold
+    extra = {"sigma": (1.0, 2.0)} if op == "gaussian_blur" else {}  # wide enough to change every blurred image
+    out = getattr(A, op)(x, generator=gen(62), **extra)
+    changed = (out - x).flatten(1).abs().amax(dim=1) > 1e-3
+    assert abs(changed.float().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
 def test_solarisation_is_drawn_per_image():

@@ -556,3 +556,60 @@ def test_kappa_max_itself_is_accepted_and_exact():
     assert float(B.vmf_log_normalizer(3, torch.tensor(B.KAPPA_MAX, dtype=F64))) == pytest.approx(ref, rel=1e-12)
     z = sphere(16, 3)
     assert float(B.normalized_entropy(z, torch.tensor(1000.0, dtype=F64))) == pytest.approx(1.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------- found by mutation testing (CONTRIBUTING.md)
+def test_gaussian_toy_log_marginal_is_the_standard_normal_log_density():
+    """log N(z; 0, I_d) = −‖z‖²/2 − (d/2) log 2π, against the closed form written out in float64 per coordinate."""
+    toy = B.GaussianToy(0.6, d=3)
+    z = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]], dtype=torch.float64)
+    expected = [sum(-0.5 * v * v - 0.5 * math.log(2 * math.pi) for v in row) for row in z.tolist()]
+    assert toy.log_marginal(z).tolist() == pytest.approx(expected, rel=1e-14)
+
+
+def test_gaussian_toy_samples_follow_the_generator_and_the_correlation():
+    toy = B.GaussianToy(0.8, d=4)
+    a = toy.sample(3, generator=torch.Generator().manual_seed(7))
+    b = toy.sample(3, generator=torch.Generator().manual_seed(7))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and a[0].dtype == a[1].dtype == torch.float64
+    # the noise is the generator's second draw: z2 = ρ z1 + √(1−ρ²) ε exactly
+    gen = torch.Generator().manual_seed(7)
+    z1, eps = (
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+    )
+    torch.testing.assert_close(a[1], 0.8 * z1 + 0.6 * eps, rtol=1e-15, atol=1e-15)
+    assert toy.sample(2)[0].shape == (2, 4)  # k = 2 is the smallest batch
+    with pytest.raises(ValueError, match="k \\(batch size\\) must be >= 2, got 1"):
+        toy.sample(1)
+
+
+@pytest.mark.parametrize("rho", [-1.0, 1.0, -1.5])
+def test_gaussian_mi_refuses_a_correlation_outside_the_open_interval(rho):
+    with pytest.raises(ValueError, match=f"rho must lie in \\(-1, 1\\) \\(a correlation\\), got {rho}"):
+        B.gaussian_mi(rho, 3)
+    assert B.gaussian_mi(-0.999, 1) == pytest.approx(-0.5 * math.log1p(-(0.999**2)), rel=1e-15)
+
+
+def test_shape_errors_name_the_argument_at_fault():
+    z = F.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1)
+    with pytest.raises(ValueError, match=r"^pred and target must have the same shape, got \(4, 3\) and \(3, 3\)$"):
+        B.vmf_reconstruction(z, z[:3])
+    with pytest.raises(ValueError, match=r"^pred must hold a batch of at least 2 rows .* got k=1$"):
+        B.vmf_reconstruction(z[:1], z[:1])
+    with pytest.raises(ValueError, match=r"^target rows must be unit vectors .*normalize\(target, dim=1\)$"):
+        B.vmf_reconstruction(z, 2 * z)
+    assert float(B.vmf_reconstruction(z[:2], z[:2])) == pytest.approx(
+        float(B.vmf_reconstruction(z[:2], z[:2], check=False)), rel=1e-15
+    )  # k = 2 is a batch
+
+
+def test_kappa_tensors_must_be_real_and_may_reach_kappa_max():
+    for kappa in (torch.tensor([True]), torch.tensor([10.0 + 0j])):
+        with pytest.raises(ValueError, match=rf"^kappa must hold real numbers, got a {kappa.dtype} tensor"):
+            B.vmf_log_normalizer(8, kappa)
+    # the interval is closed at KAPPA_MAX: the largest allowed value gives mpmath's constant, the next float is refused
+    top = torch.tensor([B.KAPPA_MAX], dtype=torch.float64)
+    assert float(B.vmf_log_normalizer(8, top)[0]) == pytest.approx(mp_log_vmf_constant(8, B.KAPPA_MAX), rel=1e-12)
+    with pytest.raises(ValueError, match=r"kappa must be a finite number in \(0, 1000\] .* got 1000.0000000000001 "):
+        B.vmf_log_normalizer(8, torch.tensor([math.nextafter(B.KAPPA_MAX, math.inf)], dtype=torch.float64))

@@ -259,6 +259,7 @@ def test_swav_loss_matches_explicit_swapped_prediction():
     q1, q2 = (sinkhorn_reference(s.numpy(), epsilon, 3) for s in (s1, s2))
     expected = 0.5 * (cross_entropy_np(q1, s2.numpy() / temperature) + cross_entropy_np(q2, s1.numpy() / temperature))
     assert float(M.swav_loss(s1, s2, temperature, epsilon)) == pytest.approx(expected, rel=1e-5)
+    assert float(M.swav_loss(s1, s2)) == pytest.approx(expected, rel=1e-5)  # SwAV's τ 0.1, ε 0.05, 3 iterations
 
 
 def test_byol_loss_is_two_minus_two_cosine_and_squared_distance_of_unit_vectors():
@@ -1674,3 +1675,24 @@ def test_every_option_of_every_method_has_an_effect_test(name):
         covering = OPTION_TESTS.get((name, option)) or OPTION_TESTS.get(option)
         assert covering, f"{name}.{option} has no test of its effect: add one and list it in OPTION_TESTS"
         assert set(covering) <= tests, sorted(set(covering) - tests)
+
+
+@pytest.mark.parametrize(
+    "name,state",
+    [
+        ("dino", {"step": 7, "progress": 0.3, "momentum": 0.9925}),
+        ("swav", {"step": 5, "queue_filled": 64, "use_queue": True}),
+        ("deepcluster", {"has_labels": True}),
+    ],
+)
+def test_training_state_outside_the_parameters_survives_a_checkpoint(name, state, tmp_path):
+    """What a resumed run must get back besides the weights (the schedule's position, the queue's fill, whether the
+    k-means labels exist) travels in the state dict and through a weights-only torch.load."""
+    trained = make(name)
+    for key, value in state.items():
+        setattr(trained, key, value)
+    torch.save(trained.state_dict(), tmp_path / "state.pt")
+    fresh = make(name)
+    assert {key: getattr(fresh, key) for key in state} != state  # a fresh method starts elsewhere
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert {key: getattr(fresh, key) for key in state} == state

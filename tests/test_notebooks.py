@@ -5,6 +5,7 @@ writes a report page whose every link works."""
 from __future__ import annotations
 
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,6 +25,10 @@ from erlib.notebooks import (
 )
 
 NOTEBOOKS = find_notebooks()
+#: The notebook executions in two groups that run side by side on the two xdist workers, sharing one runs folder:
+#: 03-05 train the ten base runs that 06 and 08 read; 07 trains its sweeps, reusing (or waiting for) the base runs it
+#: shares with 03-05. Each group takes about half of the notebooks' time.
+NOTEBOOK_GROUPS = {"00": "b", "01": "b", "02": "b", "03": "a", "04": "a", "05": "a", "06": "a", "07": "b", "08": "a"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -57,12 +62,21 @@ def test_papermill_reads_every_parameter_with_its_help(path, caplog):
 
 @pytest.fixture(scope="session")
 def shared_runs_dir(tmp_path_factory):
-    """One runs folder for the whole series, as `python -m erlib notebooks` uses: later notebooks reuse earlier runs."""
-    return tmp_path_factory.mktemp("notebook-runs")
+    """One runs folder for the whole series, as `python -m erlib notebooks` uses: later notebooks reuse earlier runs.
+    Under xdist both workers share it (the folder above each worker's own), so a run trained by one is reused by the
+    other; `ensure_run` waits while the other worker is still training it."""
+    base = tmp_path_factory.getbasetemp()
+    runs_dir = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "notebook-runs"
+    runs_dir.mkdir(exist_ok=True)
+    return runs_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.xdist_group(f"notebooks-{NOTEBOOK_GROUPS[p.stem[:2]]}")) for p in NOTEBOOKS],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_executes_in_tiny_preset_and_saves_figures(path, tmp_path, shared_runs_dir):
     params = {"runs_dir": str(shared_runs_dir)} if "runs_dir" in parameters_source(path) else {}
     [result] = run_notebooks("tiny", only=[path.stem], parameters=params, out_root=tmp_path, progress=False)

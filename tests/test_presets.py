@@ -97,3 +97,105 @@ def test_ensure_run_resumes_an_interrupted_run(tmp_path):
     run = ensure_run(cfg)
     assert [r["epoch"] for r in run.epoch_records()] == [0, 1, 2]
     assert [r["step"] for r in run.train_records()] == [1, 2, 3, 4]
+
+
+def _hold_lock_in_a_live_process(run_dir, seconds: float):
+    """A process that lives ``seconds`` and a lock naming it, as the trainer writes it."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends, as its own parent would
+    holder = {"pid": proc.pid, "host": socket.gethostname(), "since": "now"}
+    (run_dir / runs.LOCK).write_text(json.dumps(holder))
+    return proc
+
+
+def test_ensure_run_waits_for_a_live_holder_then_reuses_its_run(tmp_path, capsys):
+    cfg = _micro(tmp_path)
+    run = ensure_run(cfg)
+    stamp = (run.path / "metrics.jsonl").stat().st_mtime_ns
+    holder = _hold_lock_in_a_live_process(run.path, 2.0)
+    again = ensure_run(cfg)
+    assert holder.poll() is not None, "ensure_run returned while the holder was still alive"
+    assert f"waiting for {cfg.name}: pid {holder.pid}" in capsys.readouterr().out
+    assert again.path == run.path and (run.path / "metrics.jsonl").stat().st_mtime_ns == stamp  # reused
+
+
+def test_ensure_run_without_wait_refuses_a_run_another_process_is_training(tmp_path, capsys):
+    cfg = _micro(tmp_path)
+    path = tmp_path / cfg.name
+    path.mkdir()
+    holder = _hold_lock_in_a_live_process(path, 30.0)
+    try:
+        with pytest.raises(runs.RunInUseError, match=rf"is in use by pid {holder.pid} .*wait for it to finish"):
+            ensure_run(cfg, wait=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not runs.holds_run(path) and "waiting" not in capsys.readouterr().out  # refused at once, nothing written
+
+
+def test_wait_while_in_use_ignores_a_lock_left_by_a_killed_process(tmp_path, capsys):
+    holder = _hold_lock_in_a_live_process(tmp_path, 30.0)
+    holder.kill()
+    holder.wait()
+    assert runs.wait_while_in_use(tmp_path) == pytest.approx(0.0, abs=0.5)
+    assert capsys.readouterr().out == ""
+
+
+def test_two_processes_asking_for_the_same_run_train_it_once(tmp_path):
+    """Two notebooks side by side on one runs folder: the first trains, the second waits for it and reuses the run
+    (one epoch-0 record, not two; neither fails with RunInUseError)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ask.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from erlib.presets import ensure_run, preset_config\n"
+        "role, out = sys.argv[1], Path(sys.argv[2])\n"
+        "cfg = preset_config('tiny', 'simclr', runs_dir=str(out), method_options={'proj_hidden_dim': 32, "
+        "'proj_dim': 16}, dataset='synthetic', train_subset=64, batch_size=32, epochs=2, monitor_size=32, "
+        "knn_every=0, log_every=1, knn_test_size=0)\n"
+        "if role == 'second':\n"
+        "    while not (out / cfg.name / '.lock').exists():\n"
+        "        time.sleep(0.05)\n"
+        "slow = (lambda record: time.sleep(0.5)) if role == 'first' else None\n"
+        "run = ensure_run(cfg, callback=slow)\n"
+        "print('epochs', [r['epoch'] for r in run.epoch_records()])\n"
+    )
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), role, str(tmp_path / "runs")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for role in ("second", "first")
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert "waiting for simclr" in outs[0][0] and "waiting" not in outs[1][0]
+    assert all("epochs [0, 1, 2]" in out for out, _ in outs)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="zombie state is read from /proc")
+def test_a_lock_held_by_an_exited_but_unreaped_process_is_stale(tmp_path):
+    """A trainer that died while its parent has not reaped it yet (a zombie) holds nothing."""
+    import socket
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["sleep", "0"])
+    stat = __import__("pathlib").Path(f"/proc/{proc.pid}/stat")
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":  # exited, not reaped: we have not waited
+        time.sleep(0.01)
+    (tmp_path / runs.LOCK).write_text(json.dumps({"pid": proc.pid, "host": socket.gethostname(), "since": "now"}))
+    assert runs.RunLock(tmp_path).live_holder() is None
+    proc.wait()

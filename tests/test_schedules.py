@@ -71,6 +71,17 @@ def test_warmup_cosine_is_linear_warmup_then_cosine_decay():
     assert warmup_cosine(base, 0.0, 0, total, warmup) == 0.0  # default warm-up starts at 0
 
 
+def test_warmup_cosine_with_a_single_decay_step_or_none_reaches_its_endpoints():
+    """Degenerate lengths (a run of one epoch of a few steps): one decay step goes from base straight to final; with
+    the warm-up as long as the run (T = W) the last step is already at final, and a one-step warm-up starts at v_0."""
+    base, final, start = 0.8, 0.1, 0.2
+    assert warmup_cosine(base, final, 2, 3, 2, start) == pytest.approx(base, abs=1e-15)  # T - W = 1: step W is base
+    assert warmup_cosine(base, final, 3, 3, 2, start) == pytest.approx(final, abs=1e-15)  # ... and step T is final
+    assert warmup_cosine(base, final, 3, 2, 2, start) == pytest.approx(final, abs=1e-15)  # T = W: past the end
+    assert warmup_cosine(base, final, 0, 5, 1, start) == pytest.approx(start, abs=1e-15)  # W = 1: step 0 is v_0
+    assert warmup_cosine(base, final, 1, 5, 1, start) == pytest.approx(base, abs=1e-15)
+
+
 @pytest.mark.parametrize("tau_base", [0.0, 0.9, 0.99, 0.996])
 def test_ema_momentum_follows_byol_formula(tau_base):
     for p in (0.0, 0.5, 1.0, 0.3):

@@ -127,3 +127,18 @@ def test_epoch_panel_draws_the_runs_and_their_committed_references(tmp_path, mon
     assert [s.name for s in panel.series] == ["mine", "CPU reference: BYOL"] and panel.xlabel == "epochs completed"
     assert panel.series[0].color == "#123456" and panel.series[1].y[-1] == pytest.approx(0.45)
     assert panel.hlines == [(0.1, "chance")]
+
+
+@pytest.mark.parametrize(
+    "x,digits,width,text",
+    [
+        (-1e-7, 3, 0, "0.000"),
+        (-0.0, 3, 0, "0.000"),
+        (-0.0004, 3, 8, "   0.000"),
+        (-0.0006, 3, 0, "-0.001"),
+        (0.12345, 2, 6, "  0.12"),
+        (2.5, 0, 0, "2"),
+    ],
+)
+def test_fixed_never_prints_a_negative_zero(x, digits, width, text):
+    assert story.fixed(x, digits, width) == text

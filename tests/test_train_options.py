@@ -52,6 +52,25 @@ def test_lars_step_matches_its_formula_for_weights_and_is_plain_sgd_for_biases()
         torch.testing.assert_close(pb.detach(), b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_lars_on_a_plain_parameter_list_uses_its_documented_defaults(wd):
+    """Without parameter groups every parameter is adapted (lars=True) with momentum 0.9, η = 0.02 and the given
+    weight decay (default 0): two steps follow w ← w − lr·buf, buf ← 0.9·buf + η‖w‖/‖g+λw‖·(g+λw)."""
+    g = torch.Generator().manual_seed(1)
+    w, grad = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    p = nn.Parameter(w.clone())
+    opt = LARS([p], lr=0.5, **({"weight_decay": wd} if wd else {}))
+    assert opt.defaults == dict(lr=0.5, momentum=0.9, weight_decay=wd, eta=0.02, lars=True)
+    buf = torch.zeros_like(w)
+    for _ in range(2):
+        p.grad = grad.clone()
+        opt.step()
+        u = grad + wd * w
+        buf = 0.9 * buf + 0.02 * w.norm() / u.norm() * u
+        w = w - 0.5 * buf
+        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("lars", LARS), ("adamw", torch.optim.AdamW)])
 def test_optimizer_choice_weight_decay_and_momentum_reach_the_parameter_groups(tmp_path, name, kind):
     c = cfg(tmp_path, optimizer=name, weight_decay=0.123, momentum=0.7, lr=0.4)
