@@ -34,16 +34,24 @@ def extract_features(
     images: Tensor,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    batch_size: int = 512,
+    batch_size: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> Tensor:
-    """Features [N, D] (float32) of uint8 images [N, C, H, W], normalised with ``mean``/``std``, no augmentation."""
+    """Features [N, D] (float32) of uint8 images [N, C, H, W], normalised with ``mean``/``std``, no augmentation.
+
+    ``batch_size`` (images per forward) defaults to 128 on the CPU, where a chunk that stays in cache ran the tiny
+    ConvNet 1.9x faster than chunks of 512 (one thread, AVX2), and 512 on a GPU. ``channels_last`` hands the encoder
+    its input in channels_last memory format: pass it when the encoder's weights are in that format (as the trainer's
+    are where erlib.accel chooses it); with both, feature extraction ran 2.6x faster than 512-image NCHW chunks."""
     dev = images.device
     m = torch.tensor(mean, device=dev)[None, :, None, None]
     s = torch.tensor(std, device=dev)[None, :, None, None]
     out = []
-    for chunk in images.split(batch_size):
+    for chunk in images.split(batch_size or (128 if dev.type == "cpu" else 512)):
         x = (chunk.float() / 255 - m) / s
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out.append(encoder(x).float())
     return torch.cat(out)
@@ -128,14 +136,22 @@ def rankme(features: Tensor, eps: float = 1e-7) -> float:
 
 
 def evaluate_features(
-    features_fn, train_set, test_set, linear: bool = True, amp_dtype: torch.dtype | None = None
+    features_fn,
+    train_set,
+    test_set,
+    linear: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict:
     """kNN (k = 200 and 20, t = 0.1), optionally the linear probe, and RankMe of the features ``features_fn`` gives
-    (frozen; e.g. ``method.features``), the training set as the bank and the test set as queries."""
+    (frozen; e.g. ``method.features``), the training set as the bank and the test set as queries; ``amp_dtype`` and
+    ``channels_last`` as in :func:`extract_features`."""
     from erlib.augment import CIFAR_MEAN, CIFAR_STD
 
-    f_train = extract_features(features_fn, train_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp_dtype)
-    f_test = extract_features(features_fn, test_set.images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp_dtype)
+    f_train, f_test = (
+        extract_features(features_fn, images, CIFAR_MEAN, CIFAR_STD, amp_dtype=amp_dtype, channels_last=channels_last)
+        for images in (train_set.images, test_set.images)
+    )
     y_train, y_test, n_cls = train_set.labels, test_set.labels, len(train_set.classes)
     result = {
         "protocol": "frozen backbone features; kNN cosine, weighted exp(s/0.1); linear: L-BFGS logistic regression "
@@ -161,6 +177,7 @@ def evaluate_run(
     import json
     from pathlib import Path
 
+    from erlib import accel
     from erlib.fileio import atomic_write_text
     from erlib.runs import load_checkpoint, load_run
 
@@ -181,7 +198,10 @@ def evaluate_run(
         epoch = ckpt["epoch"]
     method.eval()
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    scores = evaluate_features(method.features, train_set, test_set, linear, amp)
+    channels_last = accel.choose_channels_last(dev, "auto")  # the trainer's choice for this device
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    scores = evaluate_features(method.features, train_set, test_set, linear, amp, channels_last)
     result = {"run": str(run_dir), "epoch": epoch, "dataset": run.config["dataset"], **scores}
     if write and not untrained:
         atomic_write_text(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")

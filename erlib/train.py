@@ -341,7 +341,11 @@ def _train_loop(
     from tqdm.auto import tqdm
 
     if state.step == 0:  # the untrained network: every curve starts at initialisation
-        emit(_epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp))
+        emit(
+            _epoch_record(
+                method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp, channels_last
+            )
+        )
         if method.memory_bank:
             _fill_memory(method, train_set, recipes, cfg, amp, channels_last)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc=run_dir.name)
@@ -396,7 +400,9 @@ def _train_loop(
                 bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record.get('eta_online', 0):.2f}")
         state.epoch = epoch + 1
         _check_finite(int(bad_step), epoch, ckpt_path)
-        record = _epoch_record(method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp)
+        record = _epoch_record(
+            method, cfg, train_set, test_set, recipes, monitor_idx, monitor_views, state, amp, channels_last
+        )
         emit(record)
         if main and record.get("monitor_eta_online", 1.0) < 0.05:
             warnings.warn(
@@ -517,6 +523,7 @@ def _epoch_record(
     monitor_views: list[Tensor],
     state: _State,
     amp,
+    channels_last: bool = False,
 ) -> dict:
     """The ER metrics on the fixed monitor batch (fixed augmentation seed) and the kNN accuracies."""
     device = train_set.images.device
@@ -533,8 +540,10 @@ def _epoch_record(
         bank = train_set if not cfg.knn_train_size else train_set.subset(cfg.knn_train_size, seed=1)
         queries = test_set if not cfg.knn_test_size else test_set.subset(cfg.knn_test_size, seed=2)
         mean, std = recipes[0].mean, recipes[0].std
-        f_train = extract_features(method.features, bank.images, mean, std, amp_dtype=amp)
-        f_test = extract_features(method.features, queries.images, mean, std, amp_dtype=amp)
+        f_train = extract_features(method.features, bank.images, mean, std, amp_dtype=amp, channels_last=channels_last)
+        f_test = extract_features(
+            method.features, queries.images, mean, std, amp_dtype=amp, channels_last=channels_last
+        )
         n_cls = len(train_set.classes)
         for k in dict.fromkeys((cfg.knn_k, 20)):
             if k <= len(bank):

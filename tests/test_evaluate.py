@@ -214,6 +214,23 @@ def test_extract_features_normalises_exactly(batch_size):
     assert not feats.requires_grad
 
 
+def test_extract_features_chunks_128_images_on_the_cpu_and_honours_channels_last():
+    seen = []
+
+    def encoder(x):
+        seen.append((x.shape[0], x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()))
+        return x.flatten(1)
+
+    images = torch.randint(0, 256, (300, 3, 4, 4), generator=gen(11), dtype=torch.uint8)
+    nchw = E.extract_features(encoder, images, (0.5,) * 3, (0.25,) * 3)
+    assert seen == [(128, False), (128, False), (44, False)]
+    seen.clear()
+    cl = E.extract_features(encoder, images, (0.5,) * 3, (0.25,) * 3, batch_size=200, channels_last=True)
+    assert seen == [(200, True), (100, True)]
+    # the layout is the encoder's business: flatten(1) reads logical order, so the features are identical
+    assert torch.equal(cl, nchw)
+
+
 def test_extract_features_keeps_the_order_across_batches():
     images = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 1, 2, 2).contiguous()
     feats = E.extract_features(lambda x: x.mean(dim=(1, 2, 3))[:, None], images, (0.0,), (1.0,), batch_size=3)

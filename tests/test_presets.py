@@ -199,3 +199,14 @@ def test_a_lock_held_by_an_exited_but_unreaped_process_is_stale(tmp_path):
     (tmp_path / runs.LOCK).write_text(json.dumps({"pid": proc.pid, "host": socket.gethostname(), "since": "now"}))
     assert runs.RunLock(tmp_path).live_holder() is None
     proc.wait()
+
+
+@pytest.mark.parametrize("preset,small", [("tiny", 64), ("small", 32)])
+def test_a_small_batch_run_takes_the_presets_small_batch_and_scales_the_learning_rate(preset, small, tmp_path):
+    from erlib.claims import RunSpec
+    from erlib.presets import spec_config
+
+    base = spec_config(preset, RunSpec("simclr"), tmp_path)
+    cfg = spec_config(preset, RunSpec("simclr", batch="small"), tmp_path)
+    assert (base.batch_size, cfg.batch_size) == (128, small) and cfg.name == "simclr@bs-small"
+    assert cfg.lr == pytest.approx(base.lr * small / 128, rel=1e-15)
