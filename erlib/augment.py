@@ -109,7 +109,8 @@ def random_resized_crop(
     gx = torch.addcmul(cx[:, None], (w * sign)[:, None], base[None])
     gy = torch.addcmul(cy[:, None], h[:, None], base[None])
     grid = torch.stack((gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)), dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # grid_sample wants the grid in the images' dtype (the float32 draws would refuse bf16 images)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def _luma(x: Tensor) -> Tensor:
@@ -187,7 +188,8 @@ def color_jitter(
     of HSV rotated by :math:`\delta` (:func:`_shift_hue`, the exact HSV round trip). Returns a new tensor.
     """
     n, dev = x.shape[0], x.device
-    bf, cf, sf, shift = _jitter_factors(n, brightness, contrast, saturation, hue, p, generator, dev)
+    factors = _jitter_factors(n, brightness, contrast, saturation, hue, p, generator, dev)
+    bf, cf, sf, shift = (f.to(x.dtype) for f in factors)  # in the images' dtype: float32 factors would promote bf16
     y = torch.mul(x, bf[:, None, None, None]).clamp_(0, 1)
     mean_luma = _luma(y).mean(dim=(1, 2, 3))
     y.mul_(cf[:, None, None, None]).add_(((1 - cf) * mean_luma)[:, None, None, None]).clamp_(0, 1)
@@ -235,7 +237,7 @@ def gaussian_blur(
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sig[:, None] ** 2))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     identity = (offsets == 0).to(x.dtype).expand(b, k)
-    kernel = torch.where(on[:, None], kernel, identity)  # [B, k]
+    kernel = torch.where(on[:, None], kernel, identity).to(x.dtype)  # [B, k], summed in float32, applied in x's dtype
     if k <= _SHIFT_BLUR_MAX_K:  # a few shifted multiply-adds beat a grouped convolution for small kernels
         r = k // 2
         padded = F.pad(x, (r, r, r, r), mode="reflect")

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-import torchvision  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from erlib import distributed as D
@@ -53,6 +52,8 @@ class TinyConvNet(nn.Module):
 
 
 def _resnet(depth: int, cifar_stem: bool) -> nn.Module:
+    import torchvision  # type: ignore[import-untyped]  # here, not at the top: importing it costs ~3 s per process
+
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
     if cifar_stem:  # 3x3 stride-1 first convolution and no max-pool: the usual stem for 32 px images
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -624,3 +624,139 @@ def test_view_recipe_rejects_bad_fields(field, value):
     with pytest.raises(ValueError, match=field):
         A.ViewRecipe(**{field: value})
     A.ViewRecipe()  # the defaults are valid
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the pipeline's contract: composition and order of draws, dtypes, devices, defaults (from mutation testing)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_augment_is_crop_jitter_grey_blur_solarise_normalise_with_the_recipes_probabilities():
+    """augment = the documented composition, each op with the recipe's own parameters and probabilities (none of them
+    the functions' defaults), drawing from one generator in the documented order."""
+    r = A.ViewRecipe(
+        size=16,
+        scale=(0.3, 0.9),
+        flip_p=0.35,
+        jitter_p=0.6,
+        brightness=0.3,
+        contrast=0.5,
+        saturation=0.7,
+        hue=0.15,
+        gray_p=0.3,
+        blur_p=0.7,
+        solarize_p=0.45,
+    )
+    img = torch.randint(0, 256, (64, 3, 24, 24), generator=gen(70), dtype=torch.uint8)
+    g = gen(71)
+    x = A.random_resized_crop(img.double() / 255, 16, r.scale, r.ratio, r.flip_p, g)
+    x = A.color_jitter(x, r.brightness, r.contrast, r.saturation, r.hue, r.jitter_p, g)
+    x = A.grayscale(x, r.gray_p, g)
+    x = A.gaussian_blur(x, r.blur_p, generator=g)
+    x = A.solarize(x, r.solarize_p, generator=g)
+    mean = torch.tensor(r.mean, dtype=torch.float64)[None, :, None, None]
+    std = torch.tensor(r.std, dtype=torch.float64)[None, :, None, None]
+    torch.testing.assert_close(A.augment(img, r, gen(71)).double(), (x - mean) / std, atol=2e-5, rtol=0)
+
+
+def test_a_stage_with_probability_zero_draws_no_random_numbers():
+    """Stages switched off cost nothing and leave the random stream where the crop left it."""
+    img = torch.randint(0, 256, (8, 3, 16, 16), generator=gen(72), dtype=torch.uint8)
+    r = A.ViewRecipe(size=16, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
+    g_aug, g_crop = gen(73), gen(73)
+    A.augment(img, r, g_aug)
+    A.random_resized_crop(A.to_float(img), 16, r.scale, r.ratio, r.flip_p, g_crop)
+    assert torch.equal(g_aug.get_state(), g_crop.get_state())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_every_op_and_the_pipeline_keep_the_input_dtype(dtype):
+    """Constants (hue troughs, blur offsets, mean and std) are made in the images' dtype: a float32 constant would
+    promote bf16 images to float32."""
+    x = rand_images(6, size=12, seed=74).to(dtype)
+    for name, op in OPS.items():
+        assert op(x, gen(75)).dtype == dtype, name
+    recipe = A.ViewRecipe(size=12, blur_p=0.5, solarize_p=0.5)
+    assert A.augment(x, recipe, gen(76)).dtype == dtype
+    k7 = A.gaussian_blur(rand_images(2, size=16, seed=77).to(dtype), p=1.0, kernel_size=7, generator=gen(78))
+    assert k7.dtype == dtype
+
+
+def test_normalisation_in_float64_uses_the_exact_constants():
+    """float64 images are normalised with float64 mean and std (a float32 constant is off by ~1e-8)."""
+    x = torch.rand(4, 3, 16, 16, generator=gen(79), dtype=torch.float64)
+    r = A.ViewRecipe(size=16, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
+    mean = torch.tensor(r.mean, dtype=torch.float64)[None, :, None, None]
+    std = torch.tensor(r.std, dtype=torch.float64)[None, :, None, None]
+    torch.testing.assert_close(A.augment(x, r, gen()), (x - mean) / std, atol=1e-12, rtol=0)
+
+
+def test_every_op_creates_its_tensors_on_the_images_device():
+    """On the meta device (shapes only, no data) any tensor made on the default device instead of the images' fails
+    to combine with them: the check a GPU would make, without one. (Generators are per device: the global RNG.)"""
+    x = torch.empty(4, 3, 16, 16, device="meta")
+    for name, op in OPS.items():
+        assert op(x, None).device.type == "meta", name
+    assert A.gaussian_blur(x, p=1.0, kernel_size=7).device.type == "meta"
+    assert A.random_resized_crop(x, 8).device.type == "meta"
+    recipe = A.ViewRecipe(size=12, blur_p=0.5, solarize_p=0.5)
+    assert A.augment(x, recipe).device.type == "meta"
+
+
+def test_the_functions_defaults_are_the_papers_values():
+    """color_jitter's defaults are BYOL's (Grill et al., 2020, table 6: brightness 0.4, contrast 0.4, saturation 0.2,
+    hue 0.1, p 0.8), grayscale's p 0.2, the flip's 0.5 — measured from what they do, not read from the signature:
+    mid-grey images are changed by brightness only (contrast, saturation and hue leave grey alone)."""
+    n = 4000
+    grey = torch.full((n, 3, 2, 2), 0.5)
+    factor = A.color_jitter(grey, generator=gen(80))[:, 0, 0, 0] / 0.5
+    changed = (factor - 1).abs() > 1e-6
+    assert abs(changed.float().mean().item() - 0.8) < 4 * math.sqrt(0.8 * 0.2 / n)
+    drawn = factor[changed]
+    assert 0.6 <= drawn.min() < 0.61 and 1.39 < drawn.max() <= 1.4  # U(1 - 0.4, 1 + 0.4)
+    # contrast 0.4: a two-level image's spread scales by c ~ U(0.6, 1.4), brightness fixed at 1
+    two = torch.cat([torch.full((n, 3, 1, 2), 0.4), torch.full((n, 3, 1, 2), 0.6)], dim=2)
+    c = A.color_jitter(two, brightness=0.0, saturation=0.0, hue=0.0, p=1.0, generator=gen(81))
+    c = (c[:, 0, 1, 0] - c[:, 0, 0, 0]) / 0.2
+    assert 0.6 <= c.min() < 0.61 and 1.39 < c.max() <= 1.4
+    # saturation 0.2: a pure colour's distance from its grey scales by s ~ U(0.8, 1.2)
+    red = torch.zeros(n, 3, 1, 1)
+    red[:, 0] = 0.5
+    s = A.color_jitter(red, brightness=0.0, contrast=0.0, hue=0.0, p=1.0, generator=gen(82))
+    s = (s[:, 0, 0, 0] - 0.299 * 0.5) / (0.5 - 0.299 * 0.5)
+    assert 0.8 <= s.min() < 0.81 and 1.19 < s.max() <= 1.2
+    # hue 0.1: a pure red's hue moves by up to 0.1 of the wheel either way (colorsys reads it back)
+    hues = A.color_jitter(red, brightness=0.0, contrast=0.0, saturation=0.0, p=1.0, generator=gen(83))
+    h = torch.tensor([colorsys.rgb_to_hsv(*px.tolist())[0] for px in hues[:, :, 0, 0]])
+    h = torch.where(h > 0.5, h - 1, h)
+    assert -0.1 - 1e-5 <= h.min() < -0.099 and 0.099 < h.max() <= 0.1 + 1e-5
+    greyed = A.grayscale(rand_images(n, size=2, seed=84), generator=gen(85))
+    is_grey = (greyed[:, 0] == greyed[:, 1]).flatten(1).all(dim=1)
+    assert abs(is_grey.float().mean().item() - 0.2) < 4 * math.sqrt(0.2 * 0.8 / n)
+    box = crop_boxes(A.random_resized_crop(coord_image(n), OUT, (0.2, 0.5), generator=gen(86)))
+    assert abs(box["flip"].float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
+
+
+def test_make_views_scales_uint8_once_and_takes_float_images_as_they_are():
+    img = torch.randint(0, 256, (6, 3, 16, 16), generator=gen(87), dtype=torch.uint8)
+    recipes = A.recipe_views("byol", size=16)
+    from_uint8 = A.make_views(img, recipes, gen(88))
+    from_float = A.make_views(img.float() / 255, recipes, gen(88))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(from_uint8, from_float))
+    one = A.augment(img.float() / 255, recipes[0], gen(88))
+    assert torch.allclose(from_float[0], one, atol=1e-6)
+
+
+def test_local_crops_follow_the_first_global_views_recipe():
+    """Multi-crop's small crops take view 0's pipeline (BYOL: blur 1.0, no solarisation), not view 1's."""
+    views = A.recipe_views("byol", size=96, local_crops=2)
+    assert [(v.blur_p, v.solarize_p) for v in views] == [(1.0, 0.0), (0.1, 0.2), (1.0, 0.0), (1.0, 0.0)]
+
+
+@pytest.mark.parametrize("size, ok", [(3, False), (4, True)])
+def test_view_recipe_size_limit_is_four_pixels(size, ok):
+    if ok:
+        assert A.ViewRecipe(size=size).size == 4
+    else:
+        with pytest.raises(ValueError, match="size must be >= 4 pixels, got 3"):
+            A.ViewRecipe(size=size)

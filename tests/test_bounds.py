@@ -613,3 +613,31 @@ def test_kappa_tensors_must_be_real_and_may_reach_kappa_max():
     assert float(B.vmf_log_normalizer(8, top)[0]) == pytest.approx(mp_log_vmf_constant(8, B.KAPPA_MAX), rel=1e-12)
     with pytest.raises(ValueError, match=r"kappa must be a finite number in \(0, 1000\] .* got 1000.0000000000001 "):
         B.vmf_log_normalizer(8, torch.tensor([math.nextafter(B.KAPPA_MAX, math.inf)], dtype=torch.float64))
+
+
+def test_value_errors_of_unit_and_probability_rows_name_the_argument():
+    """NaN rows and non-batches are reported under the caller's argument name (pred / target_probs), not a generic
+    one."""
+    z = F.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1)
+    bad = z.clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^pred contains NaN or Inf values; fix the computation that produced it$"):
+        B.vmf_reconstruction(bad, z)
+    p = torch.softmax(torch.randn(4, 5, dtype=torch.float64), dim=1)
+    logits = torch.randn(4, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^target_probs must be a 2-D batch \[k, dim\], got shape \(5,\)$"):
+        B.categorical_reconstruction(p[0], logits[0])
+    nan_p = p.clone()
+    nan_p[2, 3] = math.nan
+    with pytest.raises(ValueError, match=r"^target_probs contains NaN or Inf values"):
+        B.categorical_reconstruction(nan_p, logits)
+    with pytest.raises(ValueError, match=r"^p contains NaN or Inf values"):
+        B.marginal_entropy(nan_p)
+
+
+def test_vmf_reconstruction_default_kappa_is_ten():
+    """Without a κ, the reconstruction is the mean vMF log-density at κ = 10 (the project's default concentration),
+    against mpmath's normaliser."""
+    z1, z2 = sphere(40, 8, seed=8), sphere(40, 8, seed=9)
+    ref = mp_log_vmf_constant(8, 10.0) + 10.0 * float((z1 * z2).sum(dim=1).mean())
+    assert float(B.vmf_reconstruction(z1, z2)) == pytest.approx(ref, rel=1e-10)

@@ -55,3 +55,19 @@ def test_ci_runs_the_readme_test_command():
 def test_gitignore_keeps_outputs_out():
     ignored = (ROOT / ".gitignore").read_text().split()
     assert {"runs/", "data/cache/", ".venv/"} <= set(ignored)
+
+
+def test_the_training_and_notebook_modules_import_without_torchvision():
+    """torchvision costs about 3 s per process to import (it pulls in torch._dynamo): the CLI, every notebook kernel
+    and every training process that builds no ResNet skips it; building a ResNet imports it then."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import erlib.train, erlib.story, erlib.claims, erlib.presets, erlib.__main__; "
+        "assert 'torchvision' not in sys.modules, 'imported torchvision'; "
+        "from erlib.nn import build_backbone; build_backbone('convnet_tiny'); assert 'torchvision' not in sys.modules; "
+        "build_backbone('resnet18_cifar'); assert 'torchvision' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
