@@ -41,6 +41,18 @@ def _fresh_caches_under_mutmut():
     yield
 
 
+@pytest.fixture(scope="session")
+def shared_runs_dir(tmp_path_factory):
+    """One runs folder for the session, as `python -m erlib notebooks` uses: later notebooks reuse earlier runs, and
+    tests/test_learning.py reads the tiny runs notebook 07 trains (or trains them first). Under xdist both workers
+    share it (the folder above each worker's own), so a run trained by one is reused by the other; `ensure_run` waits
+    while the other worker is still training it."""
+    base = tmp_path_factory.getbasetemp()
+    runs_dir = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "notebook-runs"
+    runs_dir.mkdir(exist_ok=True)
+    return runs_dir
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of many small ops: on a shared 2-core machine OpenMP threads spinning against

@@ -22,24 +22,24 @@ It also passed on a 2-core AVX2-only AMD EPYC (fp32 path), in 137 s with one thr
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
+from erlib import claims as C
 from erlib.data import CIFAR10_PACK, find_file
-from erlib.presets import preset_config
-from erlib.runs import load_run
-from erlib.train import train
+from erlib.presets import ensure_run, spec_config
 
 
 @pytest.mark.slow
-def test_byol_er_keeps_entropy_and_accuracy_where_byol_at_tau_zero_loses_them(tmp_path):
+def test_byol_er_keeps_entropy_and_accuracy_where_byol_at_tau_zero_loses_them(shared_runs_dir):
+    """The two runs are claim C3's τ_base = 0 runs of the tiny preset, seed 0: the ones notebook 07 trains into the
+    session's shared runs folder. They are reused when 07 trained them first (``ensure_run`` checks that the
+    configuration is the same, and waits while the other worker is still training them), trained here otherwise."""
     find_file(CIFAR10_PACK)  # a clear error if the pack is missing: this test is about real images
     runs = {}
     for er in (False, True):
-        cfg = preset_config("tiny", "byol", er=er, runs_dir=str(tmp_path), method_options={"tau_base": 0.0})
-        assert cfg.dataset == "cifar10-jpeg75"
-        runs[er] = load_run(train(dataclasses.replace(cfg, progress=False)))
+        cfg = spec_config("tiny", C.RunSpec("byol", er, dict(C.C3_TAU0)), shared_runs_dir, seed=0)
+        assert cfg.dataset == "cifar10-jpeg75" and cfg.method_options["tau_base"] == 0.0 and cfg.seed == 0
+        runs[er] = ensure_run(cfg)
     first, last = (
         {er: r.epoch_records()[0] for er, r in runs.items()},
         {er: r.epoch_records()[-1] for er, r in runs.items()},

@@ -5,7 +5,6 @@ writes a report page whose every link works."""
 from __future__ import annotations
 
 import json
-import os
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -58,17 +57,6 @@ def test_papermill_reads_every_parameter_with_its_help(path, caplog):
         parsed = PythonTranslator.inspect({"source": source})
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], caplog.text
     assert [p.name for p in parsed] == assigned
-
-
-@pytest.fixture(scope="session")
-def shared_runs_dir(tmp_path_factory):
-    """One runs folder for the whole series, as `python -m erlib notebooks` uses: later notebooks reuse earlier runs.
-    Under xdist both workers share it (the folder above each worker's own), so a run trained by one is reused by the
-    other; `ensure_run` waits while the other worker is still training it."""
-    base = tmp_path_factory.getbasetemp()
-    runs_dir = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "notebook-runs"
-    runs_dir.mkdir(exist_ok=True)
-    return runs_dir
 
 
 @pytest.mark.slow
