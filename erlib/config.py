@@ -176,7 +176,9 @@ class TrainConfig:
         "InstDisc / MoCo / lightly; k = 20 is logged too)",
     )
     knn_temperature: float = _f(0.1, "evaluation", "temperature t of the kNN vote weights exp(cos / t)")
-    knn_every: int = _f(1, "evaluation", "epochs between kNN evaluations (0 = never)")
+    knn_every: int = _f(
+        1, "evaluation", "epochs between kNN evaluations, at epoch 0 and the last epoch too (0 = never)"
+    )
     knn_train_size: int = _f(0, "evaluation", "training images in the kNN bank (0 = all)")
     knn_test_size: int = _f(0, "evaluation", "test images evaluated by kNN (0 = all)")
     # run

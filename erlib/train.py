@@ -536,7 +536,8 @@ def _epoch_record(
     record.update(
         {f"monitor_{k}": v for k, v in zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist())}
     )
-    if cfg.knn_every and state.epoch % cfg.knn_every == 0 and D.is_main_process():
+    last = state.epoch == cfg.epochs  # the final epoch is always evaluated: the claims and the tables read it
+    if cfg.knn_every and (state.epoch % cfg.knn_every == 0 or last) and D.is_main_process():
         bank = train_set if not cfg.knn_train_size else train_set.subset(cfg.knn_train_size, seed=1)
         queries = test_set if not cfg.knn_test_size else test_set.subset(cfg.knn_test_size, seed=2)
         mean, std = recipes[0].mean, recipes[0].std
