@@ -641,3 +641,19 @@ def test_vmf_reconstruction_default_kappa_is_ten():
     z1, z2 = sphere(40, 8, seed=8), sphere(40, 8, seed=9)
     ref = mp_log_vmf_constant(8, 10.0) + 10.0 * float((z1 * z2).sum(dim=1).mean())
     assert float(B.vmf_reconstruction(z1, z2)) == pytest.approx(ref, rel=1e-10)
+
+
+def test_kde_log_density_per_sample_against_loops_with_mpmaths_constant():
+    """log p̂(z_i) of every sample, self-term included by default and left out on request, against the loop reference
+    with mpmath's normaliser; rows that are not unit vectors are refused unless check=False."""
+    z = sphere(12, 5, seed=10)
+    log_c = mp_log_vmf_constant(5, 4.0)
+    zn = z.numpy()
+    default = B.kde_log_density(z, 4.0).numpy()
+    np.testing.assert_allclose(default, -np_neg_log_kde(zn, 4.0, log_c), rtol=1e-12)
+    loo = B.kde_log_density(z, 4.0, leave_one_out=True).numpy()
+    np.testing.assert_allclose(loo, -np_neg_log_kde(zn, 4.0, log_c, leave_one_out=True), rtol=1e-12)
+    assert (default != loo).all()
+    with pytest.raises(ValueError, match=r"^z rows must be unit vectors"):
+        B.kde_log_density(2 * z, 4.0)
+    assert B.kde_log_density(2 * z, 4.0, check=False).shape == (12,)  # unchecked: computed as given
