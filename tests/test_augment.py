@@ -760,3 +760,11 @@ def test_view_recipe_size_limit_is_four_pixels(size, ok):
     else:
         with pytest.raises(ValueError, match="size must be >= 4 pixels, got 3"):
             A.ViewRecipe(size=size)
+
+
+def test_crops_of_a_constant_image_are_constant_up_to_the_border():
+    """Boxes near the image border sample within its outer half-pixel: the reflection padding keeps those samples at
+    the image's value (zero padding would darken the edges of such crops)."""
+    x = torch.full((2000, 3, 8, 8), 0.7)
+    out = A.random_resized_crop(x, 8, scale=(0.08, 1.0), generator=gen(89))
+    assert (out - 0.7).abs().max().item() < 1e-6
