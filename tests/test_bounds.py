@@ -657,3 +657,21 @@ def test_kde_log_density_per_sample_against_loops_with_mpmaths_constant():
     with pytest.raises(ValueError, match=r"^z rows must be unit vectors"):
         B.kde_log_density(2 * z, 4.0)
     assert B.kde_log_density(2 * z, 4.0, check=False).shape == (12,)  # unchecked: computed as given
+
+
+def test_errors_of_the_discrete_estimators_name_their_arguments():
+    p = torch.softmax(torch.randn(4, 5, dtype=torch.float64), dim=1)
+    logits = torch.randn(4, 5, dtype=torch.float64)
+    counts = torch.ones(4, 5, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"^p must be a floating-point tensor, got dtype torch.int64; convert it with"):
+        B.conditional_entropy(counts)
+    with pytest.raises(ValueError, match=r"^target_probs must be a floating-point tensor, got dtype torch.int64"):
+        B.categorical_reconstruction(counts, logits)
+    with pytest.raises(ValueError, match=r"^pred_logits must be a floating-point tensor, got dtype torch.int64"):
+        B.categorical_reconstruction(p, counts)
+    with pytest.raises(ValueError, match=r"^target_probs and pred_logits must have the same shape, got \(4, 5\) and"):
+        B.categorical_reconstruction(p, logits[:, :4])
+    bad = logits.clone()
+    bad[0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"^pred_logits contains NaN or Inf values"):
+        B.categorical_reconstruction(p, bad)
