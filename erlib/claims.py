@@ -707,7 +707,8 @@ def c4_small_batches(runs: Mapping[str, RunLike | None]) -> Verdict:
     majority = sum(holds) > len(holds) / 2
     measured = (
         f"going to the small batch, the originals lost more kNN accuracy than their ER variants for "
-        f"{sum(holds)} of {len(holds)} method(s) ({'; '.join(parts)})"
+        f"{sum(holds)} of {len(holds)} method(s) (kNN change from the preset's batch to the small one, negative = "
+        f"lost: {'; '.join(parts)})"
     )
     return d.verdict(majority, measured)
 

@@ -158,18 +158,17 @@ def train_and_count_collapse(train: Callable[[], T]) -> T:
 
 
 def describe_change(run: Run, key: str, what: str, start: int = 0, band: float = C.C2_ETA_BAND) -> str:
-    """'<what> went from a (epoch s) to b (epoch e): a fall of d' (or 'no trend (within ±band)'), from the run's
-    epoch records from epoch ``start`` on: a sentence that can only say what the numbers say."""
+    """'<what> went from a (epoch s) to b (epoch e): a rise of d, within ±band (range lo–hi)' from the run's epoch
+    records from epoch ``start`` on: a sentence that can only say what the numbers say. The range shows a path that
+    wandered further than its two ends."""
     points = [(e, v) for e, v in zip(*C.epoch_series(run, key)) if e >= start]
     if len(points) < 2:
         return f"{what}: fewer than two epoch records from epoch {start} on"
     (e0, v0), (e1, v1) = points[0], points[-1]
-    change = (
-        f"no trend (within ±{band})"
-        if abs(v1 - v0) <= band
-        else f"a {'rise' if v1 > v0 else 'fall'} of {abs(v1 - v0):.3f}"
-    )
-    return f"{what} went from {v0:.3f} (epoch {e0}) to {v1:.3f} (epoch {e1}): {change}"
+    lo, hi = min(v for _, v in points), max(v for _, v in points)
+    change = f"a {'rise' if v1 >= v0 else 'fall'} of {abs(v1 - v0):.3f}"
+    change += f", within ±{band}" if abs(v1 - v0) <= band else f", more than ±{band}"
+    return f"{what} went from {v0:.3f} (epoch {e0}) to {v1:.3f} (epoch {e1}): {change} (range {lo:.3f}–{hi:.3f})"
 
 
 # ----------------------------------------------------------------------------------------------------------- curves

@@ -79,11 +79,16 @@ def test_data_banner_warns_on_the_synthetic_fallback(monkeypatch):
 def test_describe_change_says_only_what_the_epoch_records_say(tmp_path):
     run = make_run(tmp_path / "byol", untrained=0.25, final=0.40)  # knn200 0.25, 0.30, 0.35, 0.40 at epochs 0..3
     assert story.describe_change(run, "knn200", "kNN200", band=0.01) == (
-        "kNN200 went from 0.250 (epoch 0) to 0.400 (epoch 3): a rise of 0.150"
+        "kNN200 went from 0.250 (epoch 0) to 0.400 (epoch 3): a rise of 0.150, more than ±0.01 (range 0.250–0.400)"
     )
-    assert story.describe_change(run, "knn200", "kNN200", start=2, band=0.06).endswith("no trend (within ±0.06)")
+    # inside the band the change is still given, with its sign: a steady rise is not "no trend"
+    assert story.describe_change(run, "knn200", "kNN200", start=2, band=0.06).endswith(
+        "a rise of 0.050, within ±0.06 (range 0.350–0.400)"
+    )
     falling = make_run(tmp_path / "dino", untrained=0.40, final=0.25)
-    assert story.describe_change(falling, "knn200", "kNN").endswith("a fall of 0.150")
+    assert story.describe_change(falling, "knn200", "kNN").endswith(
+        "a fall of 0.150, more than ±0.05 (range 0.250–0.400)"
+    )
     assert "fewer than two epoch records" in story.describe_change(run, "knn200", "kNN", start=3)
 
 
