@@ -675,3 +675,37 @@ def test_errors_of_the_discrete_estimators_name_their_arguments():
     bad[0, 0] = math.inf
     with pytest.raises(ValueError, match=r"^pred_logits contains NaN or Inf values"):
         B.categorical_reconstruction(p, bad)
+
+
+def test_normalized_entropy_defaults_and_estimator_against_the_loop_reference():
+    """η = (H̃ + κ) / log k with the self-term KDE: default κ = 10 and Joe's estimator, the plug-in one on request,
+    both against the loops; rows that are not unit vectors are refused unless check=False."""
+    z = sphere(16, 6, seed=11)
+    k = 16
+
+    def eta_ref(kappa, estimator):
+        h_tilde = np_entropy(np_neg_log_kde(z.numpy(), kappa, 0.0), estimator)  # log C = 0: the relative entropy
+        return (h_tilde + kappa) / math.log(k)
+
+    assert float(B.normalized_entropy(z)) == pytest.approx(eta_ref(10.0, "joe"), rel=1e-12)
+    assert float(B.normalized_entropy(z, 3.0, "plugin")) == pytest.approx(eta_ref(3.0, "plugin"), rel=1e-12)
+    assert eta_ref(3.0, "plugin") != pytest.approx(eta_ref(3.0, "joe"), rel=1e-6)  # the choice matters here
+    with pytest.raises(ValueError, match=r"^z rows must be unit vectors"):
+        B.normalized_entropy(2 * z)
+    assert math.isfinite(float(B.normalized_entropy(2 * z, check=False)))
+
+
+def test_infonce_bound_default_kappa_checks_both_views_and_names_them():
+    """Î_NCE with κ = 10 by default, against the loop formula; each view is checked under its own name."""
+    z1, z2 = sphere(10, 4, seed=12), sphere(10, 4, seed=13)
+    s = 10.0 * (z1 @ z2.T).numpy()
+    ref = float(np.mean([s[i, i] - np.log(np.exp(s[i]).sum()) for i in range(10)]) + math.log(10))
+    assert float(B.infonce_bound(z1, z2)) == pytest.approx(ref, rel=1e-12)
+    for bad, name in ((2 * z1, "z1"), (2 * z2, "z2")):
+        args = (bad, z2) if name == "z1" else (z1, bad)
+        with pytest.raises(ValueError, match=rf"^{name} rows must be unit vectors"):
+            B.infonce_bound(*args)
+    nan = z1.clone()
+    nan[0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"^z1 contains NaN"):
+        B.infonce_bound(nan, z2)
