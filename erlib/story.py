@@ -28,6 +28,7 @@ __all__ = [
     "fixed",
     "train_and_count_collapse",
     "describe_change",
+    "f1_expectation",
     "data_banner",
     "claim_runs",
     "ensure_spec",
@@ -166,9 +167,44 @@ def describe_change(run: Run, key: str, what: str, start: int = 0, band: float =
         return f"{what}: fewer than two epoch records from epoch {start} on"
     (e0, v0), (e1, v1) = points[0], points[-1]
     lo, hi = min(v for _, v in points), max(v for _, v in points)
-    change = f"a {'rise' if v1 >= v0 else 'fall'} of {abs(v1 - v0):.3f}"
+    size = f"{abs(v1 - v0):.3f}"
+    if float(size) == 0.0:  # nothing to name a direction for at the precision printed
+        change = "no change at three decimals"
+    else:
+        change = f"a {'rise' if v1 > v0 else 'fall'} of {size}"
     change += f", within ±{band}" if abs(v1 - v0) <= band else f", more than ±{band}"
     return f"{what} went from {v0:.3f} (epoch {e0}) to {v1:.3f} (epoch {e1}): {change} (range {lo:.3f}–{hi:.3f})"
+
+
+F1_RISING, F1_PLATEAU = ("simclr", "swav"), ("byol", "dino")
+
+
+def f1_expectation(run: Run, key: str = "monitor_eta_online") -> tuple[str, bool | None, str]:
+    """Figure F1's expected shape of a run's η curve, whether the epoch records show it, and the numbers judged.
+
+    * SimCLR, SwAV and every ER variant maximise an entropy term: "rise", shown when the last η exceeds the
+      epoch-0 η by more than 0.02;
+    * BYOL and DINO have none: "a transient, then a plateau", shown when every η from epoch ``C2_REF_EPOCH`` on lies
+      within ±``C2_ETA_BAND`` of the epoch-``C2_REF_EPOCH`` value and above the collapse floor, judged (as claim C2)
+      only on runs of at least ``C2_MIN_EPOCHS`` epochs;
+    * anything else (DeepCluster-v2): no shape stated.
+
+    ``shows`` is None where nothing is judged; ``detail`` gives the plateau's numbers ("" otherwise)."""
+    xs, ys = C.epoch_series(run, key)
+    if run.config.get("er") or run.config["method"] in F1_RISING:
+        return "rise towards the ceiling", (ys[-1] > ys[0] + 0.02) if len(ys) >= 2 else None, ""
+    if run.config["method"] not in F1_PLATEAU:
+        return "no shape stated", None, ""
+    shape, ref = "a transient, then a plateau", C.value_at_epoch(run, key, C.C2_REF_EPOCH)
+    if ref is None or C.epochs_completed(run) < C.C2_MIN_EPOCHS:
+        return shape, None, ""
+    tail = [y for x, y in zip(xs, ys) if x >= C.C2_REF_EPOCH]
+    distance = max(abs(y - ref) for y in tail)
+    detail = (
+        f"from epoch {C.C2_REF_EPOCH} ({ref:.3f}) on: range {min(tail):.3f}–{max(tail):.3f}, largest distance from "
+        f"the epoch-{C.C2_REF_EPOCH} value {distance:.3f} (band ±{C.C2_ETA_BAND})"
+    )
+    return shape, distance <= C.C2_ETA_BAND and min(tail) >= C.COLLAPSE_ETA, detail
 
 
 # ----------------------------------------------------------------------------------------------------------- curves

@@ -90,6 +90,12 @@ def test_describe_change_says_only_what_the_epoch_records_say(tmp_path):
         "a fall of 0.150, more than ±0.05 (range 0.250–0.400)"
     )
     assert "fewer than two epoch records" in story.describe_change(run, "knn200", "kNN", start=3)
+    # a path back to where it started has no direction to name, only its range
+    flat = make_run(tmp_path / "flat", untrained=0.30, final=0.30)
+    flat.records[1]["knn200"] = 0.36
+    assert story.describe_change(flat, "knn200", "kNN").endswith(
+        "no change at three decimals, within ±0.05 (range 0.300–0.360)"
+    )
 
 
 def test_collapse_warnings_become_one_line_per_run_and_others_pass_through(capsys):
@@ -147,3 +153,37 @@ def test_epoch_panel_draws_the_runs_and_their_committed_references(tmp_path, mon
 )
 def test_fixed_never_prints_a_negative_zero(x, digits, width, text):
     assert story.fixed(x, digits, width) == text
+
+
+def _eta_run(path: Path, method: str, etas: list[float], er: bool = False) -> Run:
+    records = [{"kind": "epoch", "epoch": e, "step": 4 * e, "monitor_eta_online": v} for e, v in enumerate(etas)]
+    return Run(path, {"method": method, "er": er, "dataset": "cifar10-jpeg75", "method_options": {}}, records)
+
+
+def test_f1_expectation_judges_rise_and_plateau_by_their_stated_criteria(tmp_path):
+    n = C.C2_MIN_EPOCHS + 1  # epochs 0..C2_MIN_EPOCHS: just long enough to judge a plateau
+    # rising methods and every ER variant: the last η above the first by more than 0.02
+    assert story.f1_expectation(_eta_run(tmp_path / "s", "simclr", [0.50, 0.53]))[:2] == (
+        "rise towards the ceiling",
+        True,
+    )
+    assert story.f1_expectation(_eta_run(tmp_path / "s", "swav", [0.50, 0.519]))[1] is False
+    assert story.f1_expectation(_eta_run(tmp_path / "b", "byol", [0.5, 0.4], er=True))[1] is False
+    # a plateau: within the band of the epoch-C2_REF_EPOCH value from that epoch on; the transient before is free
+    steady = [0.1] * C.C2_REF_EPOCH + [0.60] * (n - C.C2_REF_EPOCH - 1) + [0.60 + C.C2_ETA_BAND - 0.001]
+    shape, shows, detail = story.f1_expectation(_eta_run(tmp_path / "b", "byol", steady))
+    assert (shape, shows) == ("a transient, then a plateau", True)
+    assert detail.endswith(
+        f"largest distance from the epoch-{C.C2_REF_EPOCH} value {C.C2_ETA_BAND - 0.001:.3f} (band ±{C.C2_ETA_BAND})"
+    )
+    drifting = steady[:-1] + [0.60 - C.C2_ETA_BAND - 0.001]
+    assert story.f1_expectation(_eta_run(tmp_path / "d", "dino", drifting))[1] is False
+    flat_collapsed = [0.02] * n  # steady, but at the collapse floor: not a healthy plateau
+    assert story.f1_expectation(_eta_run(tmp_path / "d", "dino", flat_collapsed))[1] is False
+    # too short to judge a plateau; DeepCluster-v2 has no stated shape
+    assert story.f1_expectation(_eta_run(tmp_path / "b", "byol", steady[:-2])) == (
+        "a transient, then a plateau",
+        None,
+        "",
+    )
+    assert story.f1_expectation(_eta_run(tmp_path / "c", "deepcluster", steady)) == ("no shape stated", None, "")
