@@ -41,6 +41,7 @@ from erlib.methods.common import (
     encode_views,
     er_objective,
     feature_metrics,
+    full_precision,
     global_marginal_entropy,
 )
 from erlib.nn import GlobalBatchNorm, TinyConvNet, batch_statistics, convert_to_global_batchnorm
@@ -260,6 +261,10 @@ def test_swav_loss_matches_explicit_swapped_prediction():
     expected = 0.5 * (cross_entropy_np(q1, s2.numpy() / temperature) + cross_entropy_np(q2, s1.numpy() / temperature))
     assert float(M.swav_loss(s1, s2, temperature, epsilon)) == pytest.approx(expected, rel=1e-5)
     assert float(M.swav_loss(s1, s2)) == pytest.approx(expected, rel=1e-5)  # SwAV's τ 0.1, ε 0.05, 3 iterations
+    q1, q2 = (sinkhorn_reference(s.numpy(), 0.1, 1) for s in (s1, s2))  # the iterations argument reaches Sinkhorn
+    one = 0.5 * (cross_entropy_np(q1, s2.numpy() / 0.2) + cross_entropy_np(q2, s1.numpy() / 0.2))
+    assert float(M.swav_loss(s1, s2, 0.2, 0.1, iterations=1)) == pytest.approx(one, rel=1e-5)
+    assert abs(one - float(M.swav_loss(s1, s2, 0.2, 0.1))) > 1e-4
 
 
 def test_byol_loss_is_two_minus_two_cosine_and_squared_distance_of_unit_vectors():
@@ -314,6 +319,18 @@ def test_deepcluster_loss_matches_explicit_cross_entropy():
     labels = torch.tensor([0, 4, 2, 2, 1, 3, 0])
     expected = np.mean([-log_softmax_np(s / temperature)[y] for s, y in zip(scores.numpy(), labels.tolist())])
     assert float(M.deepcluster_loss(scores, labels, temperature)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_deepcluster_loss_averages_over_the_labelled_images_only():
+    """Label −1 (an image the bank had not seen at the last clustering) contributes nothing, to the sum or to the
+    count; with no labelled image the loss is 0."""
+    scores, temperature = unit(randn(7, 4, seed=52)) @ unit(randn(5, 4, seed=53)).T, 0.2
+    ce = [-log_softmax_np(s / temperature) for s in scores.numpy()]
+    for labels in ([0, -1, 2, -1, 1, 3, -1], [-1, -1, 4, -1, -1, -1, -1]):
+        expected = np.mean([c[y] for c, y in zip(ce, labels) if y >= 0])
+        loss = M.deepcluster_loss(scores, torch.tensor(labels), temperature)
+        assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    assert float(M.deepcluster_loss(scores, torch.full((7,), -1), temperature)) == 0.0
 
 
 def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -442,6 +459,13 @@ def test_estimators_and_losses_stay_in_float32_under_bf16_autocast():
             autocast_value = compute()
         assert autocast_value.dtype == torch.float32, name
         assert float(autocast_value) == pytest.approx(float(exact_value), rel=1e-6, abs=1e-6), name
+    # bf16 network outputs (what autocast hands the losses) are widened first: the float32 values of the rounded inputs
+    b1, b2 = z1.bfloat16(), z2.bfloat16()
+    assert full_precision(b1).dtype == torch.float32 and full_precision(z1.double()).dtype == torch.float64
+    for name, compute in {"ntxent_loss": M.ntxent_loss, "byol_loss": lambda a, b, _: M.byol_loss(a, b)}.items():
+        widened = compute(b1, b2, 0.2)
+        assert widened.dtype == torch.float32, name
+        assert float(widened) == float(compute(b1.float(), b2.float(), 0.2)), name
 
 
 def test_er_objective_is_kappa_times_mean_cosine_plus_entropy_of_the_chosen_rows():
@@ -562,6 +586,9 @@ def test_ema_teacher_gets_no_gradient_and_moves_only_by_the_ema_rule(name, er):
     params, buffers = teacher_student_pairs(method, "params"), teacher_student_pairs(method, "buffers")
     n_teacher = sum(1 for n, _ in method.named_parameters() if n.startswith(tuple(TEACHERS[name])))
     assert len(params) == n_teacher > 0 and len(buffers) > 0  # every teacher tensor has a student twin
+    n_student = sum(1 for n, _ in method.named_parameters() if n.startswith(tuple(TEACHERS[name].values())))
+    assert n_student == n_teacher  # ... and every student tensor a teacher twin of its own (a deep copy, not shared)
+    assert all(t.data_ptr() != s.data_ptr() for _, t, s in params)
     # an optimiser over *all* parameters, as a naive trainer would build it
     optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
     out = method(images(8, seed=2))
@@ -749,6 +776,7 @@ def test_build_every_variant_by_name(name, er):
 
 def test_registry_holds_the_five_families():
     assert set(M.METHODS) == {"simclr", "deepcluster", "swav", "byol", "dino"}
+    assert M.build("simclr", backbone="convnet_tiny", **SMALL["simclr"]).er is False  # the original by default
 
 
 def test_unknown_method_raises_naming_it():
@@ -805,19 +833,44 @@ def test_bad_config_raises_value_error_naming_the_field(name, options, field):
         M.build(name, **options)
 
 
-NON_INTEGER_COUNTS = [
-    ("simclr", dict(proj_dim=16.5), "proj_dim"),
-    ("swav", dict(sinkhorn_iterations=2.5), "sinkhorn_iterations"),
-    ("deepcluster", dict(kmeans_iterations=2.5), "kmeans_iterations"),
+NUMERIC_OPTIONS = [
+    (name, info.name, info.type) for name in NAMES for info in M.describe(name) if info.type in ("int", "float")
 ]
 
 
-@pytest.mark.parametrize("name,options,field", NON_INTEGER_COUNTS, ids=[f for _, _, f in NON_INTEGER_COUNTS])
-def test_non_integer_counts_raise_value_error_naming_the_field(name, options, field):
-    """Sizes and iteration counts must be integers; otherwise the error comes from deep inside torch (or, for the
-    k-means iterations, only after the first epoch) without naming the field."""
-    with pytest.raises(ValueError, match=field):
-        M.build(name, backbone="convnet_tiny", **options)
+@pytest.mark.parametrize("name,option,kind", NUMERIC_OPTIONS, ids=[f"{n}-{o}" for n, o, _ in NUMERIC_OPTIONS])
+def test_every_numeric_option_rejects_non_numbers_negatives_and_fractions_naming_itself(name, option, kind):
+    """Every int and float option is validated: a bool, a string, NaN or -1 (and 2.5 for a count) is refused with an
+    error that starts with the option's name, before any network is built (otherwise the error would come from deep
+    inside torch, or for the k-means iterations only after the first epoch, without naming the option)."""
+    bad = [True, "1", float("nan"), -1] + ([2.5] if kind == "int" else [])
+    for value in bad:
+        with pytest.raises(ValueError, match=rf"^{option} must"):
+            M.config_for(name, **{option: value})
+
+
+UNIT_INTERVAL_OPTIONS = [
+    ("byol", "tau_base"),
+    ("dino", "tau_base"),
+    ("dino", "center_momentum"),
+    ("dino", "teacher_temp_warmup_fraction"),
+]
+
+
+@pytest.mark.parametrize("name,option", UNIT_INTERVAL_OPTIONS, ids=[f"{n}-{o}" for n, o in UNIT_INTERVAL_OPTIONS])
+def test_unit_interval_options_accept_both_ends_and_nothing_beyond(name, option):
+    for value in (0.0, 1.0):  # e.g. tau_base = 1: a frozen teacher; 0: the teacher copies the student
+        assert getattr(M.config_for(name, **{option: value}), option) == value
+    for value in (-1e-9, 1 + 1e-9, 1.5):
+        with pytest.raises(ValueError, match=rf"^{option} must lie in \[0.0, 1.0\], got {value!r}"):
+            M.config_for(name, **{option: value})
+
+
+def test_deepcluster_cluster_counts_run_from_two_to_the_bank_size():
+    assert M.config_for("deepcluster", num_samples=16, num_prototypes=(2, 16)).num_prototypes == (2, 16)
+    for counts in [(True, 4), (1,), (17,), (4.0,)]:
+        with pytest.raises(ValueError, match=r"^num_prototypes must be a non-empty list of cluster counts in \[2, "):
+            M.config_for("deepcluster", num_samples=16, num_prototypes=counts)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1038,6 +1091,12 @@ def test_renamed_dino_options_raise_naming_the_new_name():
         M.build("dino", warmup_teacher_temp=0.02)
     with pytest.raises(ValueError, match="teacher_temp_warmup -> teacher_temp_warmup_fraction"):
         M.config_for("dino", teacher_temp_warmup=0.3)
+    with pytest.raises(ValueError) as both:
+        M.config_for("dino", warmup_teacher_temp=0.02, teacher_temp_warmup=0.3)
+    assert str(both.value) == (
+        "option(s) of method 'dino' renamed: warmup_teacher_temp -> teacher_temp_start, "
+        "teacher_temp_warmup -> teacher_temp_warmup_fraction"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1067,7 +1126,7 @@ def test_encode_views_batches_views_of_one_resolution_and_keeps_view_order():
     large = torch.cat([feats[i] for i in (0, 1, 3)])
     torch.testing.assert_close(outs[3], (large - large.mean(dim=0))[6:])
     torch.testing.assert_close(outs[2], feats[2] - feats[2].mean(dim=0))
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match=r"^views must hold at least one \[B, C, H, W\] tensor$"):
         encode_views([], backbone, head)
 
 
@@ -1174,6 +1233,18 @@ def test_byol_er_loss_puts_the_entropy_on_the_configured_rows_with_the_configure
     chosen, other = (z, p) if entropy_on == "projection" else (p, z)
     assert float(out.loss.detach()) == pytest.approx(loss_with_entropy_of(chosen), rel=1e-9)
     assert abs(loss_with_entropy_of(chosen) - loss_with_entropy_of(other)) > 1e-3  # the choice is visible
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol"])
+@pytest.mark.parametrize("er", [False, True], ids=["orig", "er"])
+def test_two_view_methods_ignore_views_beyond_the_first_two(name, er):
+    """SimCLR and BYOL read the two global views only: a third view of the same size (which would share their
+    BatchNorm batch if it were encoded) changes neither the loss nor the metrics."""
+    method = make(name, er)
+    views = images(8, seed=37, count=3)
+    two, three = copy.deepcopy(method)(views[:2]), copy.deepcopy(method)(views)
+    assert float(three.loss.detach()) == float(two.loss.detach())
+    assert {k: float(v) for k, v in three.metrics.items()} == {k: float(v) for k, v in two.metrics.items()}
 
 
 def test_byol_heads_have_the_configured_sizes():
@@ -1462,24 +1533,26 @@ def test_swav_prototypes_get_no_update_for_exactly_freeze_prototypes_steps(froze
         assert not torch.equal(first, first_before), step
 
 
+def swav_loss_with_queue(ref: M.SwAV, z: list[np.ndarray], scores: list[np.ndarray], queue=None) -> float:
+    """SwAV's loss from float64 projections and scores; with a queue (one array per large crop), Sinkhorn sees
+    [queue scores; batch scores] and the batch keeps its rows of the codes."""
+    cfg, codes = ref.cfg, []
+    for a in range(2):
+        queued = np.zeros((0, scores[a].shape[1])) if queue is None else queue[a] @ np64(ref.prototypes.weight).T
+        both = np.concatenate([queued, scores[a]])
+        codes.append(sinkhorn_reference(both, cfg.epsilon, cfg.sinkhorn_iterations)[len(queued) :])
+    return swapped_prediction_np(codes, scores, cfg.temperature)
+
+
 def test_swav_queue_starts_at_queue_start_epoch_holds_the_newest_embeddings_and_has_queue_length_rows():
     method = make64("swav", queue_length=16, queue_start_epoch=1)
     assert method.queue.shape == (2, 16, 16)
-    cfg, batches = method.cfg, [images(8, seed=40 + i, dtype=F64) for i in range(4)]
+    batches = [images(8, seed=40 + i, dtype=F64) for i in range(4)]
     ref = copy.deepcopy(method)  # no optimiser step here: the networks stay fixed, only the queue moves
     tensors = [swav_tensors(ref, views) for views in batches]
 
     def expected_loss(step: int, queue: list[np.ndarray] | None) -> float:
-        z, scores = tensors[step]
-        codes = []
-        for a in range(2):
-            if queue is None:
-                codes.append(sinkhorn_reference(scores[a], cfg.epsilon, cfg.sinkhorn_iterations))
-            else:
-                queued = queue[a] @ np64(ref.prototypes.weight).T
-                both = np.concatenate([queued, scores[a]])
-                codes.append(sinkhorn_reference(both, cfg.epsilon, cfg.sinkhorn_iterations)[len(queued) :])
-        return swapped_prediction_np(codes, scores, cfg.temperature)
+        return swav_loss_with_queue(ref, *tensors[step], queue)
 
     def newest(*steps: int) -> list[np.ndarray]:  # the queue of crop a: newest batch first
         return [np.concatenate([tensors[s][0][a] for s in steps]) for a in range(2)]
@@ -1497,6 +1570,41 @@ def test_swav_queue_starts_at_queue_start_epoch_holds_the_newest_embeddings_and_
     assert loss == pytest.approx(expected_loss(3, newest(2, 1)), rel=1e-9)
     for a in range(2):
         np.testing.assert_allclose(np64(method.queue[a]), newest(3, 2)[a], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("queue_length", [1, 8])
+def test_swav_queue_stays_off_until_on_epoch_start_turns_it_on_even_when_full(queue_length):
+    """A new method uses no queue: only ``on_epoch_start`` (which the trainer calls every epoch) turns it on, for any
+    positive length, the shortest included."""
+    method = make64("swav", queue_length=queue_length, queue_start_epoch=0)
+    batches = [images(8, seed=50 + i, dtype=F64) for i in range(3)]
+    ref = copy.deepcopy(method)
+    tensors = [swav_tensors(ref, views) for views in batches]
+    for step in range(2):  # full after the first batch (8 rows >= queue_length), still off
+        assert float(method(batches[step]).loss.detach()) == pytest.approx(
+            swav_loss_with_queue(ref, *tensors[step]), rel=1e-9
+        ), step
+    method.on_epoch_start(0)
+    queue = [tensors[1][0][a][:queue_length] for a in range(2)]  # the newest rows: batch 1's first ones
+    expected = swav_loss_with_queue(ref, *tensors[2], queue)
+    assert abs(expected - swav_loss_with_queue(ref, *tensors[2])) > 1e-6
+    assert float(method(batches[2]).loss.detach()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_swav_queue_is_used_only_once_full():
+    method = make64("swav", queue_length=9, queue_start_epoch=0)  # one row more than a batch
+    batches = [images(8, seed=60 + i, dtype=F64) for i in range(3)]
+    ref = copy.deepcopy(method)
+    tensors = [swav_tensors(ref, views) for views in batches]
+    method.on_epoch_start(0)
+    for step in range(2):  # 8 of 9 rows after the first batch: not yet used at the second
+        assert float(method(batches[step]).loss.detach()) == pytest.approx(
+            swav_loss_with_queue(ref, *tensors[step]), rel=1e-9
+        ), step
+    queue = [np.concatenate([tensors[1][0][a], tensors[0][0][a][:1]]) for a in range(2)]
+    assert float(method(batches[2]).loss.detach()) == pytest.approx(
+        swav_loss_with_queue(ref, *tensors[2], queue), rel=1e-9
+    )
 
 
 def test_swav_heads_have_the_configured_sizes():
@@ -1552,6 +1660,34 @@ def test_deepcluster_loss_uses_the_labels_centroids_and_configured_temperature(e
     assert float(method(views, index=index).loss.detach()) == pytest.approx(expected, rel=1e-9)
 
 
+def test_deepcluster_metrics_take_head_0_labels_as_targets_and_the_prediction_where_an_image_has_none():
+    method = make64("deepcluster", num_samples=8, num_prototypes=(3, 2))
+    views, index = images(8, seed=35, dtype=F64), torch.arange(8)
+    with torch.no_grad():
+        method([v[:6] for v in views], index=index[:6])  # the bank sees images 0-5 only
+    method.on_epoch_start(0)
+    labels = method.assignments[0].tolist()
+    assert labels[6:] == [-1, -1] and min(labels[:6]) >= 0
+    ref = copy.deepcopy(method)
+    with torch.no_grad():
+        z = [np64(t) for t in by_resolution(views, lambda x: unit(ref.projector(ref.backbone(x))))]
+        out = method(views, index=index)
+    soft = softmax_rows(z[0] @ np64(method.prototypes(0)).T / method.cfg.temperature)
+    target = np.stack([np.eye(3)[y] if y >= 0 else soft[i] for i, y in enumerate(labels)])
+    conditional = -np.mean([(p * np.log(p)).sum() for p in target[6:]]) * 2 / 8  # one-hot rows have entropy 0
+    assert float(out.metrics["marginal_entropy_target"]) == pytest.approx(marginal_entropy_np(target), rel=1e-9)
+    assert float(out.metrics["conditional_entropy_target"]) == pytest.approx(conditional, rel=1e-9)
+
+
+def test_deepcluster_single_head_loss_is_zero_with_no_gradient_until_the_first_clustering():
+    method = make("deepcluster", num_prototypes=(4,))
+    out = method(images(8, seed=36), index=torch.arange(8))
+    assert float(out.loss.detach()) == 0.0
+    out.loss.backward()  # the zero loss still reaches the projector, with a zero gradient
+    grads = [p.grad for p in method.projector.parameters()]
+    assert all(g is not None and float(g.abs().max()) == 0.0 for g in grads)
+
+
 CLUSTER_CASES = [(0, 1), (0, 4), (5, 4)]
 
 
@@ -1586,6 +1722,8 @@ def test_deepcluster_buffers_and_heads_have_the_configured_sizes():
     assert [tuple(method.prototypes(h).shape) for h in range(3)] == [(4, 10), (7, 10), (5, 10)]
     assert method.memory.shape == (2, 20, 10) and method.seen.shape == (20,)
     assert method.assignments.shape == (3, 20)
+    for h, k in enumerate((4, 7, 5)):  # unit centroids before the first clustering too (the epoch-0 metrics use them)
+        torch.testing.assert_close(method.prototypes(h).norm(dim=1), torch.ones(k))
 
 
 # --- every option is covered -----------------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ def test_optimizer_choice_weight_decay_and_momentum_reach_the_parameter_groups(t
     assert len(decayed["params"]) + len(plain["params"]) == len([p for p in method.parameters() if p.requires_grad])
     if name != "adamw":
         assert decayed["momentum"] == plain["momentum"] == 0.7
+    if name == "lars":  # the trust ratio scales the weights' updates only; biases and norm scales take plain SGD
+        assert decayed["lars"] is True and plain["lars"] is False
 
 
 def test_grad_clip_bounds_the_norm_of_the_applied_gradient(tmp_path):
