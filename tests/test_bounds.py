@@ -709,3 +709,88 @@ def test_infonce_bound_default_kappa_checks_both_views_and_names_them():
     nan[0, 0] = math.nan
     with pytest.raises(ValueError, match=r"^z1 contains NaN"):
         B.infonce_bound(nan, z2)
+
+
+def test_er_bound_default_kappa_and_estimator_choice_against_the_loops_and_its_errors_name_the_arguments():
+    """Î_ER = H̃(Z2) + κ·mean cos(z1, z2) (self-term KDE, vMF constants cancelled), κ = 10 and Joe by default; every
+    error names the argument at fault."""
+    z1, z2 = sphere(10, 4, seed=14), sphere(10, 4, seed=15)
+    cos = float((z1 * z2).sum(dim=1).mean())
+
+    def ref(kappa, estimator):
+        return np_entropy(np_neg_log_kde(z2.numpy(), kappa, 0.0), estimator) + kappa * cos
+
+    assert float(B.er_bound(z1, z2)) == pytest.approx(ref(10.0, "joe"), rel=1e-12)
+    assert float(B.er_bound(z1, z2, 3.0, "plugin")) == pytest.approx(ref(3.0, "plugin"), rel=1e-12)
+    for bad, name in ((2 * z1, "z1"), (2 * z2, "z2")):
+        args = (bad, z2) if name == "z1" else (z1, bad)
+        with pytest.raises(ValueError, match=rf"^{name} rows must be unit vectors"):
+            B.er_bound(*args)
+        assert math.isfinite(float(B.er_bound(*args, check=False)))  # unchecked: computed as given
+    for f in (B.er_bound, B.infonce_bound):
+        with pytest.raises(ValueError, match=r"^z1 and z2 must have the same shape, got \(10, 4\) and \(9, 4\)$"):
+            f(z1, z2[:9])
+    for f in (B.er_bound, B.kde_entropy, B.relative_kde_entropy):
+        args = (z1, z2) if f is B.er_bound else (z2,)
+        with pytest.raises(ValueError, match=r"^estimator must be one of \('joe', 'plugin'\), got 'mean'$"):
+            f(*args, 10.0, "mean")
+
+
+def test_kde_entropies_default_kappa_is_ten_and_relative_entropy_checks_its_rows_by_default():
+    z = sphere(12, 5, seed=16)
+    log_c = mp_log_vmf_constant(5, 10.0)
+    assert float(B.kde_entropy(z)) == pytest.approx(np_entropy(np_neg_log_kde(z.numpy(), 10.0, log_c), "joe"), 1e-12)
+    relative = np_entropy(np_neg_log_kde(z.numpy(), 10.0, 0.0), "joe")
+    assert float(B.relative_kde_entropy(z)) == pytest.approx(relative, rel=1e-12)
+    with pytest.raises(ValueError, match=r"^z rows must be unit vectors"):
+        B.relative_kde_entropy(2 * z)
+
+
+def test_kde_log_density_passes_the_legacy_constant_on():
+    """At d = 64 the official constant log(I + 1e-7) is off by many nats: the per-sample log-density moves with it."""
+    z = sphere(6, 64, seed=17)
+    legacy = B.kde_log_density(z, 10.0, legacy_constant=True).numpy()
+    np.testing.assert_allclose(legacy, -np_neg_log_kde(z.numpy(), 10.0, mp_log_vmf_constant(64, 10.0, legacy=True)))
+    assert float(np.abs(legacy - B.kde_log_density(z, 10.0).numpy()).min()) > 1.0
+
+
+def test_infonce_from_scores_takes_square_critic_matrices_of_at_least_two_rows():
+    s = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(18))
+    ref = float(np.mean([s[i, i] - np.log(np.exp(s[i].numpy()).sum()) for i in range(3)]) + math.log(3))
+    assert float(B.infonce_from_scores(s)) == pytest.approx(ref, rel=1e-12)
+    assert float(B.infonce_from_scores(s[:2, :2])) <= math.log(2)  # k = 2 is a batch
+    for bad in (s[:, :2], s[:1, :1], s.expand(3, 3, 3), s[0]):
+        with pytest.raises(ValueError, match=r"^scores must be a square \[k, k\] critic matrix with k >= 2, got shape"):
+            B.infonce_from_scores(bad)
+    with pytest.raises(ValueError, match=r"^scores must be a floating-point tensor, got dtype torch.int64"):
+        B.infonce_from_scores(torch.ones(3, 3, dtype=torch.int64))
+
+
+def test_rounding_tolerance_is_its_documented_formula_down_to_a_single_entry():
+    """tol = 4 ε_row + 2 (1 + log2 n) ε_32 with ε_row = max(ε_dtype, ε_32): n = 1 (no reduction) adds 2 ε_32."""
+    e32 = torch.finfo(torch.float32).eps
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        row = max(torch.finfo(dtype).eps, e32)
+        for n, log2n in ((1, 0), (2, 1), (1024, 10)):
+            assert B.rounding_tolerance(dtype, n) == pytest.approx(4 * row + 2 * (1 + log2n) * e32, rel=1e-12)
+
+
+def test_bessel_and_normaliser_return_the_promoted_input_dtype_computed_in_float64():
+    """Float inputs keep their promoted dtype, integer ones give float32; the work is done in float64 whatever the
+    input, so a float32 κ gives the float64 value rounded once."""
+    k32 = torch.tensor([0.5, 10.0, 300.0])
+    exact = B.log_bessel_iv(31.0, k32.double())
+    assert torch.equal(B.log_bessel_iv(31.0, k32), exact.float())
+    assert B.log_bessel_iv(torch.tensor(3.0, dtype=F64), torch.tensor(2.0)).dtype == F64
+    assert B.log_bessel_iv(torch.tensor(3), torch.tensor(2)).dtype == torch.float32
+    assert B.log_bessel_iv(torch.tensor(3), torch.tensor(2.0, dtype=torch.float16)).dtype == torch.float32
+    assert torch.equal(B.vmf_log_normalizer(64, k32), B.vmf_log_normalizer(64, k32.double()).float())
+    integer = B.vmf_log_normalizer(8, torch.tensor([10]))
+    assert integer.dtype == F64 and float(integer[0]) == pytest.approx(mp_log_vmf_constant(8, 10.0), rel=1e-12)
+    with pytest.raises(ValueError, match=r"^nu is an empty tensor; pass at least one order of the Bessel function"):
+        B.log_bessel_iv(torch.tensor([]), 10.0)
+    for d in (8.0, "8", 1, True):
+        with pytest.raises(
+            ValueError, match=r"^d must be an integer dimension >= 2 \(vectors on the sphere S\^\(d-1\)\)"
+        ):
+            B.vmf_log_normalizer(d, 10.0)
