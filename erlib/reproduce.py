@@ -209,7 +209,8 @@ def export_results(
 ) -> Path:
     """Copy the claims' runs (config.json, metrics.jsonl, meta.json; never a checkpoint) from ``runs_dirs`` (seed →
     folder) into ``dest/seed<k>/<role>/``, and write ``dest/summary.json``: the label ("CPU reference, small
-    preset"), the command, the machine, erlib's commit and the verdicts computed from the copied runs."""
+    preset"), the command, the machine, erlib's commit, the claims exported (None: all) and the verdicts computed from
+    the copied runs."""
     dest = Path(dest)
     per_seed = {}
     for seed, src in runs_dirs.items():
@@ -231,6 +232,7 @@ def export_results(
         "machine": machine_description(),
         "commit": meta.get("commit"),
         "exported": datetime.now().isoformat(timespec="seconds"),
+        "claims": list(claim_ids) if claim_ids is not None else None,
         "verdicts": per_seed,
     }
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -794,3 +794,14 @@ def test_bessel_and_normaliser_return_the_promoted_input_dtype_computed_in_float
             ValueError, match=r"^d must be an integer dimension >= 2 \(vectors on the sphere S\^\(d-1\)\)"
         ):
             B.vmf_log_normalizer(d, 10.0)
+
+
+def test_scalar_kappa_tensors_must_be_real_and_integer_rows_are_refused_by_name():
+    z = sphere(8, 4, seed=19)
+    for kappa in (torch.tensor(True), torch.tensor(10.0 + 0j)):
+        with pytest.raises(ValueError, match=rf"^kappa must be a real number, got a {kappa.dtype} tensor"):
+            B.kde_entropy(z, kappa)
+    with pytest.raises(
+        ValueError, match=r"^z must be a floating-point tensor, got dtype torch.int64; convert it with z"
+    ):
+        B.kde_entropy(torch.ones(8, 4, dtype=torch.int64), 10.0)

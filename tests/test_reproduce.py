@@ -57,6 +57,7 @@ def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_p
     ]
     [ref] = reference_runs(tmp_path / "results")
     assert ref["label"] == "CPU reference" and ref["commit"] == "abc123" and ref["path"] == dest
+    assert ref["claims"] == ["C8"]  # the claims exported, so that a check of the set decides those and no others
     [c8] = ref["verdicts"]["0"]
     assert c8["claim"] == "C8" and c8["status"] == "PASS"  # log k = log 128 caps both; both rose over 6 epochs
 
