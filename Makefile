@@ -49,9 +49,9 @@ clean-runs:
 	rm -rf runs/
 
 # mutation testing of the pure modules (bounds, schedules, optimiser, augmentation, methods; [tool.mutmut] in
-# pyproject.toml): slow, run outside CI; the score goes into CONTRIBUTING.md. One module: make mutate MUTANTS='erlib.optim*'
+# pyproject.toml): slow, run outside CI; it prints the score per module, which goes into CONTRIBUTING.md. One module: make mutate MUTANTS='erlib.optim*'
 MUTANTS ?=
 mutate: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet "mutmut>=3.8,<4"
 	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS) || true
-	$(VENV)/bin/mutmut results
+	$(VENV)/bin/mutmut results --all true | awk -F': ' -f scripts/mutation_score.awk | sort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -71,3 +72,29 @@ def test_the_training_and_notebook_modules_import_without_torchvision():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_make_mutate_prints_the_score_per_module_over_the_mutants_checked():
+    """scripts/mutation_score.awk reads `mutmut results --all true`: killed and timed-out mutants over those checked,
+    per module (a method's or a class method's mutants under their module); a module not run is named as such."""
+    results = "\n".join(
+        [
+            "    erlib.bounds.x_er_bound__mutmut_1: killed",
+            "    erlib.bounds.x_er_bound__mutmut_2: survived",
+            "    erlib.bounds.x_kde_entropy__mutmut_1: timeout",
+            "    erlib.methods.swav.xǁSwAVǁ__init____mutmut_3: killed",
+            "    erlib.augment.x_blur__mutmut_1: not checked",
+        ]
+    )
+    out = subprocess.run(
+        ["awk", "-F: ", "-f", str(ROOT / "scripts" / "mutation_score.awk")],
+        input=results,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert sorted(" ".join(line.split()) for line in out) == [
+        "erlib.augment not checked (1 mutants)",
+        "erlib.bounds 2 of 3 killed 66.7 %",
+        "erlib.methods.swav 1 of 1 killed 100.0 %",
+    ]
