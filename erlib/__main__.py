@@ -148,6 +148,7 @@ def _claims(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
+    from erlib import targets as T
     from erlib.claims import format_verdicts
     from erlib.presets import default_runs_dir
     from erlib.reproduce import export_results, reproduce
@@ -162,6 +163,9 @@ def _claims(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train, runs_root=args.runs_dir or None)
     print(format_verdicts(result.combined))
+    if result.targets:
+        print("\npreset targets of the base runs: " + T.targets_table(result.targets).splitlines()[-1])
+        print(f"  {result.targets_report}")
     print(f"\n{len(seeds)} seed(s), {result.minutes:.1f} min; report: {result.report[0] if result.report else out}")
     if args.export:
         dirs = {

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from erlib import claims as C
+from erlib import targets as T
 from erlib.fileio import atomic_write_text
 from erlib.presets import default_runs_dir, ensure_run, spec_config
 from erlib.runs import META, load_run
@@ -47,6 +48,9 @@ class ClaimsResult:
     report: tuple[Path, Path] | None = None
     minutes: float = 0.0
     run_minutes: dict[str, float] = field(default_factory=dict)
+    #: seed → base run → its preset-target checks (:mod:`erlib.targets`), for the base runs present
+    targets: dict[int, dict[str, list[T.TargetCheck]]] = field(default_factory=dict)
+    targets_report: Path | None = None
 
 
 def claim_configs(
@@ -97,7 +101,7 @@ def reproduce(
     report (report.md, report.json, figures) into ``out_dir`` when given."""
     ids = list(claim_ids) if claim_ids is not None else list(C.CLAIMS)
     start = time.perf_counter()
-    per_seed, run_minutes = {}, {}
+    per_seed, run_minutes, targets = {}, {}, {}
     for seed in seeds:
         runs_dir = Path(runs_root) / f"seed{seed}" if runs_root else Path(default_runs_dir(preset, seed))
         configs = claim_configs(preset, ids, seed, runs_dir)
@@ -112,6 +116,7 @@ def reproduce(
                 if progress:
                     print(f"{minutes:.1f} min", file=sys.stderr, flush=True)
         per_seed[seed] = C.decide_all(runs_dir, ids)
+        targets[seed] = T.check_runs_dir(runs_dir)
     result = ClaimsResult(
         preset,
         list(seeds),
@@ -119,9 +124,12 @@ def reproduce(
         combine_seeds(per_seed),
         minutes=(time.perf_counter() - start) / 60,
         run_minutes=run_minutes,
+        targets=targets if any(targets.values()) else {},
     )
     if out_dir is not None:
         result.report = C.write_report(result.combined, out_dir)
+        if result.targets:
+            result.targets_report = T.write_targets(result.targets, out_dir)
         _append_references(result.report[0], result.combined, preset)
         summary = {
             "preset": preset,
@@ -131,6 +139,7 @@ def reproduce(
             "machine": machine_description(),
             "command": " ".join(sys.argv),
             "per_seed": {str(s): [v.to_dict() for v in vs] for s, vs in per_seed.items()},
+            "targets": {str(s): {n: [c.to_dict() for c in cs] for n, cs in t.items()} for s, t in targets.items()},
         }
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
@@ -212,7 +221,7 @@ def export_results(
     preset"), the command, the machine, erlib's commit, the claims exported (None: all) and the verdicts computed from
     the copied runs."""
     dest = Path(dest)
-    per_seed = {}
+    per_seed, targets = {}, {}
     for seed, src in runs_dirs.items():
         for spec in C.required_runs(claim_ids):
             run_dir = Path(src) / spec.name
@@ -224,6 +233,8 @@ def export_results(
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, target / name)
         per_seed[seed] = [v.to_dict() for v in C.decide_all(dest / f"seed{seed}", claim_ids)]
+        checks = T.check_runs_dir(dest / f"seed{seed}")
+        targets[seed] = {name: [c.to_dict() for c in cs] for name, cs in checks.items()}
     meta = next((load_run(p).meta for p in dest.glob("seed*/*") if (p / "config.json").is_file()), {})
     summary = {
         "label": label,
@@ -234,6 +245,7 @@ def export_results(
         "exported": datetime.now().isoformat(timespec="seconds"),
         "claims": list(claim_ids) if claim_ids is not None else None,
         "verdicts": per_seed,
+        "targets": targets,
     }
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")
     return dest

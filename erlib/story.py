@@ -41,6 +41,7 @@ __all__ = [
     "label",
     "method_color",
     "reference_curves",
+    "preset_targets",
     "takeaway",
     "verdict_table",
     "last",
@@ -319,6 +320,48 @@ def reference_curves(
         )
         out.append(series)
     return out
+
+
+def preset_targets(
+    runs: Mapping[str, Run], preset: str | None = None, seed: int = 0, root: str | Path | None = None
+) -> str:
+    """Display the preset's health targets (:mod:`erlib.targets`) of the base runs among ``runs`` (role → Run) as a
+    table, then a sentence generated from the checks (how many are met, each missed one with its number), then for
+    each committed reference set shown next to ``preset`` (as :func:`reference_curves` chooses them) how many of its
+    recorded targets were met in every seed. Returns the markdown."""
+    from erlib import targets
+    from erlib.reproduce import reference_runs
+
+    checks = {name: targets.check_run(name, run) for name, run in runs.items() if name in targets.BASE_RUNS}
+    every = [c for cs in checks.values() for c in cs]
+    missed = [c for c in every if c.met is False]
+    undecided = [c for c in every if c.met is None]
+    sentence = f"**These runs meet {sum(c.met is True for c in every)} of {len(every)} targets.**"
+    if undecided:
+        sentence += f" {len(undecided)} undecided ({', '.join(sorted({c.measured for c in undecided}))})."
+    by_target: dict[str, list] = {}
+    for c in missed:
+        by_target.setdefault(c.target, []).append(c)
+    if missed:
+        sentence += " Missed:\n" + "\n".join(
+            f"* {target}, {len(cs)} of {sum(c.target == target for c in every)} runs: "
+            + ", ".join(f"{c.run} {c.measured.split(',')[0]}" for c in cs)
+            for target, cs in by_target.items()
+        )
+    parts = ["\n".join(targets.targets_table({seed: checks}).splitlines()[:-2]), "", sentence]
+    shown = REFERENCE_PRESETS.get(preset, (preset,)) if preset is not None else None
+    for ref in reference_runs(root):
+        if not ref.get("targets") or (shown is not None and ref.get("preset") not in shown):
+            continue
+        recorded = {
+            int(s): {n: [targets.TargetCheck.from_dict(c) for c in cs] for n, cs in by_run.items()}
+            for s, by_run in ref["targets"].items()
+        }
+        if any(recorded.values()):
+            parts.append(f"\n*{ref.get('label', 'reference')}:* " + targets.targets_table(recorded).splitlines()[-1])
+    text = "\n".join(parts)
+    _display_markdown(text)
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------- verdicts

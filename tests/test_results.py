@@ -56,3 +56,16 @@ def test_reference_runs_load_without_checkpoints_and_their_verdicts_hold(ref):
             assert old is not None, f"{path}: seed {seed} records no verdict for {verdict['claim']}"
             assert old["status"] == verdict["status"], (verdict["claim"], old["status"], verdict["status"])
             assert _close(json.loads(json.dumps(verdict["numbers"])), old["numbers"]), verdict["claim"]
+
+
+@pytest.mark.parametrize("ref", SETS, ids=[s["path"].name for s in SETS])
+def test_reference_targets_recorded_at_export_still_hold(ref):
+    from erlib import targets as T
+
+    assert "targets" in ref, f"{ref['path']}/summary.json records no preset targets; re-export the set"
+    assert set(ref["targets"]) == set(ref["verdicts"]), "targets and verdicts cover different seeds"
+    for seed, recorded in ref["targets"].items():
+        today = {n: [c.to_dict() for c in cs] for n, cs in T.check_runs_dir(Path(ref["path"]) / f"seed{seed}").items()}
+        assert _close(json.loads(json.dumps(today)), recorded), (
+            f"{ref['path'].name}, seed {seed}: the preset targets computed today differ from those recorded"
+        )

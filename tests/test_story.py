@@ -187,3 +187,26 @@ def test_f1_expectation_judges_rise_and_plateau_by_their_stated_criteria(tmp_pat
         "",
     )
     assert story.f1_expectation(_eta_run(tmp_path / "c", "deepcluster", steady)) == ("no shape stated", None, "")
+
+
+def test_preset_targets_reports_the_base_runs_and_the_reference_sets_shown_with_the_preset(tmp_path):
+    from erlib import targets
+
+    runs = {
+        "byol": make_run(tmp_path / "byol", untrained=0.25, final=0.30),  # +5 points: missed
+        "byol-er": make_run(tmp_path / "byol-er", er=True, untrained=0.25, final=0.40),
+        "byol@tau_base=0.0": make_run(tmp_path / "x", untrained=0.25, final=0.26),  # not a base run
+    }
+    root = tmp_path / "results"
+    for name, preset, run in [("small-set", "small", runs["byol-er"]), ("full-set", "full", runs["byol"])]:
+        (root / name).mkdir(parents=True)
+        recorded = {"0": {run.path.name: [c.to_dict() for c in targets.check_run(run.path.name, run)]}}
+        summary = {"label": f"{preset} reference", "preset": preset, "targets": recorded}
+        (root / name / "summary.json").write_text(json.dumps(summary))
+    text = story.preset_targets(runs, "tiny", root=root)
+    assert "| byol | kNN gain |" in text and "byol@tau_base" not in text
+    assert "**These runs meet 3 of 4 targets.** Missed:\n* kNN gain, 1 of 2 runs: byol +5.0 points\n" in text
+    assert "*small reference:* 2 of 2 targets met in every seed (1 seed(s))." in text  # tiny previews small
+    assert "full reference" not in text
+    synthetic = {"byol": make_run(tmp_path / "byol", dataset="synthetic")}
+    assert "**These runs meet 0 of 2 targets.** 2 undecided (synthetic data)." in story.preset_targets(synthetic, "x")
