@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from erlib import claims as C
+from erlib.fileio import atomic_write_text
 
 __all__ = [
     "MIN_KNN_GAIN",
@@ -197,7 +198,7 @@ def write_targets(per_seed: Mapping[int, Mapping[str, Sequence[TargetCheck]]], o
         "",
     ]
     md = out_dir / "targets.md"
-    md.write_text("\n".join(header) + targets_table(per_seed) + "\n")
+    atomic_write_text(md, "\n".join(header) + targets_table(per_seed) + "\n")
     data = {str(s): {n: [c.to_dict() for c in cs] for n, cs in runs.items()} for s, runs in per_seed.items()}
-    (out_dir / "targets.json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out_dir / "targets.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
     return md
