@@ -139,7 +139,9 @@ def reproduce(
             "machine": machine_description(),
             "command": " ".join(sys.argv),
             "per_seed": {str(s): [v.to_dict() for v in vs] for s, vs in per_seed.items()},
-            "targets": {str(s): {n: [c.to_dict() for c in cs] for n, cs in t.items()} for s, t in targets.items()},
+            "targets": {
+                str(s): {n: [c.to_dict() for c in cs] for n, cs in t.items()} for s, t in result.targets.items()
+            },
         }
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result

@@ -345,7 +345,7 @@ def preset_targets(
     if missed:
         sentence += " Missed:\n" + "\n".join(
             f"* {target}, {len(cs)} of {sum(c.target == target for c in every)} runs: "
-            + ", ".join(f"{c.run} {c.measured.split(',')[0]}" for c in cs)
+            + "; ".join(f"{c.run} {c.measured}" for c in cs)
             for target, cs in by_target.items()
         )
     parts = ["\n".join(targets.targets_table({seed: checks}).splitlines()[:-2]), "", sentence]

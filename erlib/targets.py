@@ -6,7 +6,9 @@ paper if its base runs learn and stay healthy. Each target is a fixed threshold,
 * every base run beats the untrained network by at least :data:`MIN_KNN_GAIN` in kNN200 accuracy (final epoch minus
   epoch 0, same bank and protocol);
 * every base run ends with the monitor-batch η of its online embeddings at least :data:`MIN_FINAL_ETA`
-  (η = H_KDE / H_max, the entropy of the embeddings on the sphere relative to the uniform distribution's);
+  (η = (H̃ + κ) / log k, the normalised KDE entropy of :func:`erlib.bounds.normalized_entropy`: 0 for a collapsed
+  batch, 1 when every kernel sees only itself; the trainer warns of collapse below 0.05, so 0.3 asks for a clearly
+  spread batch, not merely an uncollapsed one);
 * DINO and DINO-ER: the teacher's marginal entropy H(p̄_t) is at least 0.8 log K and its mean conditional entropy
   H(p_t) at most 0.5 log K at the last epoch (DINO's informative regime, between uniform outputs and one dominant
   output; the thresholds of claim C7);
@@ -14,8 +16,9 @@ paper if its base runs learn and stay healthy. Each target is a fixed threshold,
   epoch 1 on, and the predictions carry I(X;W) = H(p̄) − mean H(p) ≥ 1 nat at the last epoch (claim C6's thresholds);
 * DeepCluster-v2 and its ER variant: the k-means clusters and the predictions each carry I(X;W) ≥ 1 nat.
 
-A check is met (True), missed (False), or undecided (None) when the run was trained on synthetic data or lacks the
-key it reads. Pure: no torch; runs are :class:`erlib.claims.RunLike`.
+A check is met (True) or missed (False; also when the value it reads is NaN or infinite), or undecided (None) when
+the run was trained on synthetic data, has not finished the epochs its config plans, or lacks the key it reads.
+Pure: no torch; runs are :class:`erlib.claims.RunLike`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ __all__ = [
 ]
 
 MIN_KNN_GAIN = 0.08  # kNN200 accuracy, as a fraction (8 points)
+#: float rounding of a difference of two accuracies (0.58 - 0.50 = 0.0799...): a gain this close counts as met
+GAIN_ROUNDING = 1e-9
 MIN_FINAL_ETA = 0.3
 ETA_KEY = "monitor_eta_online"
 #: the ten base runs, by their run-folder names
@@ -77,21 +82,41 @@ def _fraction(value: float, k: int) -> str:
     return f"{value / math.log(k):.2f} log K"
 
 
+NON_FINITE = "non-finite (NaN or infinite)"
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _last(run: C.RunLike, key: str) -> float | None | str:
+    """``key`` at the last epoch: a float, None when absent, or :data:`NON_FINITE` when present but NaN or ±∞."""
+    last = C.last_epoch_record(run)
+    raw = last.get(key) if last else None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and not _is_finite(raw):
+        return NON_FINITE
+    return C.final_value(run, key)
+
+
 def _knn_gain(name: str, run: C.RunLike) -> TargetCheck:
     criterion = f"final kNN200 − untrained kNN200 ≥ {100 * MIN_KNN_GAIN:.0f} points"
-    final, untrained = C.final_knn(run), C.untrained_knn(run)
-    if final is None or untrained is None or C.epochs_completed(run) < 1:
-        return TargetCheck(name, "kNN gain", criterion, "no kNN at epoch 0 and at a later epoch", None)
+    final, untrained = _last(run, C.KNN_KEY), C.untrained_knn(run)
+    if isinstance(final, str):
+        return TargetCheck(name, "kNN gain", criterion, final, False)
+    if final is None or untrained is None:
+        return TargetCheck(name, "kNN gain", criterion, "no kNN at epoch 0 or at the last epoch", None)
     gain = final - untrained
     measured = f"{100 * gain:+.1f} points, {100 * untrained:.1f} % → {100 * final:.1f} %"
-    return TargetCheck(name, "kNN gain", criterion, measured, gain >= MIN_KNN_GAIN, {"gain": gain})
+    return TargetCheck(name, "kNN gain", criterion, measured, gain >= MIN_KNN_GAIN - GAIN_ROUNDING, {"gain": gain})
 
 
 def _final_eta(name: str, run: C.RunLike) -> TargetCheck:
     criterion = f"monitor η of the online embeddings at the last epoch ≥ {MIN_FINAL_ETA}"
-    eta = C.final_value(run, ETA_KEY)
+    eta = _last(run, ETA_KEY)
+    if isinstance(eta, str):
+        return TargetCheck(name, "final η", criterion, eta, False)
     if eta is None:
-        return TargetCheck(name, "final η", criterion, f"no {ETA_KEY} in the epoch records", None)
+        return TargetCheck(name, "final η", criterion, f"no {ETA_KEY} at the last epoch", None)
     return TargetCheck(name, "final η", criterion, f"{eta:.2f}", eta >= MIN_FINAL_ETA, {"eta": eta})
 
 
@@ -100,10 +125,12 @@ def _dino_entropies(name: str, run: C.RunLike) -> TargetCheck:
         f"teacher H(p̄_t) ≥ {C.C7_FULL_MARGINAL_FRACTION} log K and mean H(p_t) ≤ "
         f"{C.C7_FULL_CONDITIONAL_FRACTION} log K at the last epoch"
     )
-    marginal = C.final_value(run, "monitor_marginal_entropy_target")
-    conditional = C.final_value(run, "monitor_conditional_entropy_target")
+    marginal = _last(run, "monitor_marginal_entropy_target")
+    conditional = _last(run, "monitor_conditional_entropy_target")
+    if isinstance(marginal, str) or isinstance(conditional, str):
+        return TargetCheck(name, "teacher entropies", criterion, NON_FINITE, False)
     if marginal is None or conditional is None:
-        return TargetCheck(name, "teacher entropies", criterion, "no teacher entropies in the epoch records", None)
+        return TargetCheck(name, "teacher entropies", criterion, "no teacher entropies at the last epoch", None)
     k = C.num_prototypes(run)
     met = C.dino_regime(marginal, conditional, k) == "informative"
     measured = f"H(p̄_t) {_fraction(marginal, k)}, H(p_t) {_fraction(conditional, k)}"
@@ -115,19 +142,27 @@ def _information(name: str, run: C.RunLike, which: str) -> TargetCheck:
     """I(X;W) = H(p̄) − mean H(p) at the last epoch, of the predictions (``which="pred"``) or the targets."""
     label = {"pred": "I(X;W) of the predictions", "target": "I(X;W) of the clusters"}[which]
     criterion = f"H(p̄) − mean H(p) ≥ {C.C6_MIN_INFORMATION:g} nat at the last epoch (monitor batch)"
-    marginal = C.final_value(run, f"monitor_marginal_entropy_{which}")
-    conditional = C.final_value(run, f"monitor_conditional_entropy_{which}")
+    marginal = _last(run, f"monitor_marginal_entropy_{which}")
+    conditional = _last(run, f"monitor_conditional_entropy_{which}")
+    if isinstance(marginal, str) or isinstance(conditional, str):
+        return TargetCheck(name, label, criterion, NON_FINITE, False)
     if marginal is None or conditional is None:
-        return TargetCheck(name, label, criterion, f"no {which} entropies in the epoch records", None)
+        return TargetCheck(name, label, criterion, f"no {which} entropies at the last epoch", None)
     info = marginal - conditional
     return TargetCheck(name, label, criterion, f"{info:.2f} nats", info >= C.C6_MIN_INFORMATION, {"information": info})
 
 
 def _swav_codes(name: str, run: C.RunLike) -> TargetCheck:
     criterion = f"code marginal entropy ≥ {C.C6_CODE_MARGINAL_FRACTION} log K in every training record from epoch 1"
-    codes = [v for x, v in zip(*C.train_series(run, "marginal_entropy_target")) if x >= 1]
+    key = "marginal_entropy_target"
+    late = [
+        r for r in C.train_records(run) if key in r and isinstance(r.get("epoch"), (int, float)) and r["epoch"] >= 1
+    ]
+    if any(not _is_finite(r[key]) for r in late):
+        return TargetCheck(name, "code marginal", criterion, NON_FINITE, False)
+    codes = [float(r[key]) for r in late]
     if not codes:
-        return TargetCheck(name, "code marginal", criterion, "no marginal_entropy_target from epoch 1 on", None)
+        return TargetCheck(name, "code marginal", criterion, f"no {key} from epoch 1 on", None)
     k = C.num_prototypes(run)
     met = min(codes) >= C.C6_CODE_MARGINAL_FRACTION * math.log(k)
     return TargetCheck(name, "code marginal", criterion, f"min {_fraction(min(codes), k)}", met, {"min": min(codes)})
@@ -135,7 +170,8 @@ def _swav_codes(name: str, run: C.RunLike) -> TargetCheck:
 
 def check_run(name: str, run: C.RunLike) -> list[TargetCheck]:
     """Every target that applies to ``run`` (named ``name``, e.g. "swav-er"): the kNN gain and the final η for all,
-    and the method's own (DINO's teacher entropies; SwAV's code marginal and information; DeepCluster-v2's)."""
+    and the method's own (DINO's teacher entropies; SwAV's code marginal and information; DeepCluster-v2's). All are
+    undecided on synthetic data and on a run that has not finished its planned epochs (``config["epochs"]``)."""
     method = run.config.get("method")
     checks = [_knn_gain(name, run), _final_eta(name, run)]
     if method == "dino":
@@ -144,8 +180,16 @@ def check_run(name: str, run: C.RunLike) -> list[TargetCheck]:
         checks += [_swav_codes(name, run), _information(name, run, "pred")]
     elif method == "deepcluster":
         checks += [_information(name, run, "target"), _information(name, run, "pred")]
+    done, planned = C.epochs_completed(run), run.config.get("epochs")
+    reason = ""
     if C.is_synthetic(run):
-        checks = [TargetCheck(c.run, c.target, c.criterion, "synthetic data", None) for c in checks]
+        reason = "synthetic data"
+    elif done < 1:
+        reason = "untrained: no epoch after epoch 0"
+    elif isinstance(planned, int) and done < planned:
+        reason = f"unfinished: {done} of {planned} epochs"
+    if reason:
+        checks = [TargetCheck(c.run, c.target, c.criterion, reason, None) for c in checks]
     return checks
 
 

@@ -69,3 +69,16 @@ def test_reference_targets_recorded_at_export_still_hold(ref):
         assert _close(json.loads(json.dumps(today)), recorded), (
             f"{ref['path'].name}, seed {seed}: the preset targets computed today differ from those recorded"
         )
+
+
+def test_a_recorded_target_matches_the_raw_metrics_of_its_run():
+    """One target recomputed by hand from metrics.jsonl, outside erlib: DeepCluster-v2's I(X;W) of its predictions
+    (last epoch record, marginal minus mean conditional entropy) in the seed-0 reference set."""
+    path = ROOT / "results" / "cpu-small-2026-12-02"
+    summary = json.loads((path / "summary.json").read_text())
+    lines = (path / "seed0" / "deepcluster" / "metrics.jsonl").read_text().splitlines()
+    last = max((json.loads(x) for x in lines if '"epoch"' in x), key=lambda r: (r["kind"] == "epoch", r["epoch"]))
+    info = last["monitor_marginal_entropy_pred"] - last["monitor_conditional_entropy_pred"]
+    [check] = [c for c in summary["targets"]["0"]["deepcluster"] if c["target"] == "I(X;W) of the predictions"]
+    assert check["numbers"]["information"] == pytest.approx(info, abs=1e-12)
+    assert check["met"] is (info >= 1.0) and check["measured"] == f"{info:.2f} nats"

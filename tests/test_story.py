@@ -205,7 +205,8 @@ def test_preset_targets_reports_the_base_runs_and_the_reference_sets_shown_with_
         (root / name / "summary.json").write_text(json.dumps(summary))
     text = story.preset_targets(runs, "tiny", root=root)
     assert "| byol | kNN gain |" in text and "byol@tau_base" not in text
-    assert "**These runs meet 3 of 4 targets.** Missed:\n* kNN gain, 1 of 2 runs: byol +5.0 points\n" in text
+    missed = "* kNN gain, 1 of 2 runs: byol +5.0 points, 25.0 % → 30.0 %\n"
+    assert "**These runs meet 3 of 4 targets.** Missed:\n" + missed in text
     assert "*small reference:* 2 of 2 targets met in every seed (1 seed(s))." in text  # tiny previews small
     assert "full reference" not in text
     synthetic = {"byol": make_run(tmp_path / "byol", dataset="synthetic")}

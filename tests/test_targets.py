@@ -29,16 +29,18 @@ def make_run(
     codes: list[float] | None = None,
     dataset: str = "cifar10-jpeg75",
     epochs: int = 3,
+    planned: int | None = None,
 ) -> Run:
     """A run with epoch records 0..epochs (kNN from knn[0] linearly to knn[1], monitor η ``eta`` at the end, the
-    ``epoch_keys`` values at the last epoch) and, when ``codes`` is given, one training record per value at epochs
-    0.5, 1.0, 1.5, ... carrying ``marginal_entropy_target``."""
+    ``epoch_keys`` values at the last epoch; ``planned`` epochs in its config, default ``epochs``) and, when ``codes``
+    is given, one training record per value at epochs 0.5, 1.0, 1.5, ... carrying ``marginal_entropy_target``."""
     options = {"out_dim": K} if method == "dino" else {"num_prototypes": K} if method != "simclr" else {}
     config = {"method": method, "er": er, "method_options": options, "dataset": dataset, "batch_size": 128}
+    config["epochs"] = planned if planned is not None else epochs
     records: list[dict] = []
     for e in range(epochs + 1):
         record = {"kind": "epoch", "epoch": e, "step": 10 * e}
-        record["knn200"] = knn[0] + (knn[1] - knn[0]) * e / epochs
+        record["knn200"] = knn[1] if e == epochs else knn[0] + (knn[1] - knn[0]) * e / max(epochs, 1)
         record["monitor_eta_online"] = 0.05 if e < epochs else eta
         if e == epochs:
             record.update(epoch_keys or {})
@@ -134,15 +136,17 @@ def test_the_table_counts_the_seeds_that_met_each_target():
         0: {"simclr": T.check_run("simclr", make_run(knn=(0.3, 0.45), eta=0.5))},
         1: {"simclr": T.check_run("simclr", make_run(knn=(0.3, 0.35), eta=0.5))},
         2: {},  # no run in this seed
+        3: {"simclr": T.check_run("simclr", make_run(dataset="synthetic"))},
     }
     lines = T.targets_table(per_seed).splitlines()
-    assert lines[0] == "| run | target | criterion | seed 0 | seed 1 | seed 2 | met in |"
+    assert lines[0] == "| run | target | criterion | seed 0 | seed 1 | seed 2 | seed 3 | met in |"
     knn_row = next(line for line in lines if line.startswith("| simclr | kNN gain |"))
-    assert "✓ +15.0 points" in knn_row and "✗ +5.0 points" in knn_row and "— (no run)" in knn_row
-    assert knn_row.endswith("| 1 of 2 |")
+    assert knn_row.startswith("| simclr | kNN gain | final kNN200 − untrained kNN200 ≥ 8 points | ✓ +15.0 points")
+    assert "| ✗ +5.0 points" in knn_row and "| — (no run) |" in knn_row and "| ? synthetic data |" in knn_row
+    assert knn_row.endswith("| 1 of 3 |")
     eta_row = next(line for line in lines if line.startswith("| simclr | final η |"))
-    assert eta_row.endswith("| 2 of 2 |")
-    assert lines[-1] == "0 of 2 targets met in every seed (3 seed(s)); 2 of them lack the run in some seed."
+    assert eta_row.endswith("| 2 of 3 |")
+    assert lines[-1] == "0 of 2 targets met in every seed (4 seed(s)); 2 of them lack the run in some seed."
     both = {s: {"simclr": T.check_run("simclr", make_run(knn=(0.3, 0.45)))} for s in (0, 1)}
     assert T.targets_table(both).splitlines()[-1] == "2 of 2 targets met in every seed (2 seed(s))."
 
@@ -201,3 +205,55 @@ def test_targets_import_no_torch():
     code = "import sys, erlib.targets; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_threshold_is_met_exactly_at_its_value():
+    # the values sit on the thresholds, computed as the code computes them: >= (and <=) must hold there
+    assert (
+        by_target(T.check_run("simclr", make_run(knn=(0.50, 0.58))))["kNN gain"].met is True
+    )  # 0.0799999... in floats
+    assert by_target(T.check_run("simclr", make_run(eta=0.3)))["final η"].met is True
+    info = {"monitor_marginal_entropy_pred": 4.0, "monitor_conditional_entropy_pred": 3.0}  # exactly 1 nat
+    swav = by_target(T.check_run("swav", make_run("swav", codes=[0.95 * LOG_K, 0.95 * LOG_K], epoch_keys=info)))
+    assert swav["code marginal"].met is True and swav["I(X;W) of the predictions"].met is True
+    keys = {"monitor_marginal_entropy_target": 0.8 * LOG_K, "monitor_conditional_entropy_target": 0.5 * LOG_K}
+    assert by_target(T.check_run("dino", make_run("dino", epoch_keys=keys)))["teacher entropies"].met is True
+
+
+def test_an_unfinished_or_untrained_run_decides_nothing():
+    unfinished = T.check_run("simclr", make_run(knn=(0.3, 0.5), eta=0.9, epochs=2, planned=10))
+    assert {(c.met, c.measured) for c in unfinished} == {(None, "unfinished: 2 of 10 epochs")}
+    one_short = T.check_run("simclr", make_run(knn=(0.3, 0.5), eta=0.9, epochs=2, planned=3))
+    assert {c.measured for c in one_short} == {"unfinished: 2 of 3 epochs"}
+    # only the epoch-0 record: its η would otherwise pass as the "final" one
+    untrained = T.check_run("dino", make_run("dino", eta=0.9, epochs=0, planned=10))
+    assert [c.target for c in untrained] == ["kNN gain", "final η", "teacher entropies"]
+    assert {(c.met, c.measured) for c in untrained} == {(None, "untrained: no epoch after epoch 0")}
+
+
+def test_a_non_finite_value_misses_its_target():
+    nan = float("nan")
+    diverged = by_target(T.check_run("simclr", make_run(eta=nan)))["final η"]
+    assert (diverged.met, diverged.measured) == (False, T.NON_FINITE)
+    knn = by_target(T.check_run("simclr", make_run(knn=(0.3, nan))))["kNN gain"]
+    assert knn.met is False
+    codes = by_target(T.check_run("swav", make_run("swav", codes=[LOG_K, nan])))["code marginal"]
+    assert codes.met is False
+    inf = {"monitor_marginal_entropy_target": float("inf"), "monitor_conditional_entropy_target": 1.0}
+    assert by_target(T.check_run("dino", make_run("dino", epoch_keys=inf)))["teacher entropies"].met is False
+
+
+def test_absent_keys_name_what_is_missing():
+    absent = by_target(T.check_run("swav", make_run("swav")))
+    assert absent["I(X;W) of the predictions"].measured == "no pred entropies at the last epoch"
+    assert absent["code marginal"].measured == "no marginal_entropy_target from epoch 1 on"
+    run = make_run()
+    last = next(r for r in run.records if r["kind"] == "epoch" and r["epoch"] == 3)
+    del last["monitor_eta_online"]
+    assert by_target(T.check_run("simclr", run))["final η"].measured == "no monitor_eta_online at the last epoch"
+
+
+def test_a_check_round_trips_through_json():
+    keys = {"monitor_marginal_entropy_target": 0.85 * LOG_K, "monitor_conditional_entropy_target": 0.3 * LOG_K}
+    for check in T.check_run("dino-er", make_run("dino", True, epoch_keys=keys)):
+        assert T.TargetCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
