@@ -30,7 +30,7 @@ def test_two_processes_equal_one_process_on_concatenated_batch(tmp_path):
         assert out["world"] == 2
         assert float(out["mean"]) == pytest.approx(0.5)  # all_reduce_mean of the ranks 0 and 1
         for name, value in single.items():
-            assert float(out["values"][name]) == pytest.approx(float(value), rel=1e-12, abs=1e-12), name
+            assert float(out["values"][name]) == pytest.approx(value.item(), rel=1e-12, abs=1e-12), name
         for grad, full in zip(out["grads"], (z1.grad, z2.grad, p.grad)):
             # the gather's backward sums every rank's copy of the loss; DDP then divides by the world size
             torch.testing.assert_close(grad / 2, full[r * rows : (r + 1) * rows], rtol=1e-10, atol=1e-12)
