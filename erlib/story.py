@@ -299,7 +299,8 @@ def reference_curves(
 ) -> list[Series]:
     """Curves of ``role`` from the committed reference sets (``results/``), grey and dotted, labelled with their
     set's label ("CPU reference, small preset, …"), to draw next to the reader's own run of ``preset``: sets of the
-    same preset, and for ``tiny`` (the preview of ``small``) the ``small`` sets too (:data:`REFERENCE_PRESETS`)."""
+    same preset, and for ``tiny`` (the preview of ``small``) the ``small`` sets too (:data:`REFERENCE_PRESETS`).
+    Each set contributes its run of ``seed``; a set of several seeds says which one is drawn."""
     from erlib.reproduce import reference_runs
 
     shown = REFERENCE_PRESETS.get(preset, (preset,)) if preset is not None else None
@@ -311,10 +312,12 @@ def reference_curves(
         if not (run_dir / "config.json").is_file():
             continue
         run = load_run(run_dir)
+        several = len({p.name for p in Path(ref["path"]).glob("seed*") if p.is_dir()}) > 1
+        drawn = f" — seed {seed} drawn" if several else ""
         series = curve(
             run,
             key,
-            name=f"{ref.get('label', 'reference')}: {label(run)}",
+            name=f"{ref.get('label', 'reference')}{drawn}: {label(run)}",
             color="#888888" if i == 0 else "#BBBBBB",
             dash="dot",
         )

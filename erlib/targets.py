@@ -46,8 +46,6 @@ __all__ = [
 ]
 
 MIN_KNN_GAIN = 0.08  # kNN200 accuracy, as a fraction (8 points)
-#: float rounding of a difference of two accuracies (0.58 - 0.50 = 0.0799...): a gain this close counts as met
-GAIN_ROUNDING = 1e-9
 MIN_FINAL_ETA = 0.3
 ETA_KEY = "monitor_eta_online"
 #: the ten base runs, by their run-folder names
@@ -107,7 +105,7 @@ def _knn_gain(name: str, run: C.RunLike) -> TargetCheck:
         return TargetCheck(name, "kNN gain", criterion, "no kNN at epoch 0 or at the last epoch", None)
     gain = final - untrained
     measured = f"{100 * gain:+.1f} points, {100 * untrained:.1f} % → {100 * final:.1f} %"
-    return TargetCheck(name, "kNN gain", criterion, measured, gain >= MIN_KNN_GAIN - GAIN_ROUNDING, {"gain": gain})
+    return TargetCheck(name, "kNN gain", criterion, measured, C.knn_at_least(gain, MIN_KNN_GAIN), {"gain": gain})
 
 
 def _final_eta(name: str, run: C.RunLike) -> TargetCheck:

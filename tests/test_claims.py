@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,49 @@ def test_c5_fails_when_one_er_variant_is_more_than_the_margin_below():
 def test_c5_is_inconclusive_when_neither_variant_learned():
     v = C.c5_er_competitive(pair("dino", 0.125, 0.13))  # both within 2 points of the untrained 0.12
     assert v.status == C.INCONCLUSIVE and "neither DINO nor DINO-ER learned" in v.reason
+
+
+def float32(x: float) -> float:
+    """``x`` as the trainer logs a kNN accuracy (float32), read back as a Python float."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def knn_run(name: str, method: str, er: bool, untrained: float, final: float, batch_size: int = 256) -> Run:
+    """A run whose kNN goes from ``untrained`` (epoch 0) to exactly ``final`` (the last epoch)."""
+    return make_run(
+        name, method, er, epochs={"knn200": [untrained, *ramp(untrained, final, E)[1:-1], final]}, batch_size=batch_size
+    )
+
+
+def test_a_knn_difference_on_its_threshold_reaches_it_despite_float32_logging():
+    on_threshold = float32(0.266) - float32(0.246)  # 2 points, 40 of 2,000 test images
+    assert on_threshold < 0.02  # what a plain >= would get wrong
+    assert C.knn_at_least(on_threshold, 0.02) is True
+    assert C.knn_at_least(float32(0.2655) - float32(0.246), 0.02) is False  # one test image short of 2 points
+    assert C.knn_at_least(-0.0300001, -0.03) is True and C.knn_at_least(-0.0301, -0.03) is False
+
+
+def test_c5_counts_a_gain_of_exactly_two_logged_points_as_learned():
+    untrained = float32(0.246)
+    runs = {
+        "swav": knn_run("swav", "swav", False, untrained, float32(0.258)),
+        "swav-er": knn_run("swav-er", "swav", True, untrained, float32(0.266)),
+    }
+    v = C.c5_er_competitive(runs)
+    assert v.status == C.PASS and v.numbers["swav"]["learned"] is True
+
+
+def test_c4_equal_drops_do_not_hold_even_when_float32_logging_makes_one_larger():
+    base_o, small_o, base_e, small_e = (float32(x) for x in (0.400, 0.3915, 0.383, 0.3745))  # both lose 0.85 points
+    assert (base_o - small_o) > (base_e - small_e)  # by float32 rounding alone
+    runs = {
+        "simclr": knn_run("simclr", "simclr", False, 0.1, base_o),
+        "simclr@bs-small": knn_run("simclr@bs-small", "simclr", False, 0.1, small_o, batch_size=64),
+        "simclr-er": knn_run("simclr-er", "simclr", True, 0.1, base_e),
+        "simclr-er@bs-small": knn_run("simclr-er@bs-small", "simclr", True, 0.1, small_e, batch_size=64),
+    }
+    v = C.c4_small_batches(runs)
+    assert v.numbers["simclr"]["holds"] is False and v.status == C.FAIL
 
 
 # ---------------------------------------------------------------------------------------------------------------------

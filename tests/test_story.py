@@ -58,6 +58,12 @@ def test_reference_curves_come_from_committed_sets_with_their_label(tmp_path):
     [preview] = story.reference_curves("byol", "knn200", preset="tiny", root=tmp_path / "results")
     assert preview.name == series.name
     assert story.reference_curves("dino", "knn200", root=tmp_path / "results") == []
+    # a set of several seeds draws one of them, and says which
+    (ref / "seed1" / "byol").mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl"):
+        (ref / "seed1" / "byol" / name).write_text((run_dir / name).read_text())
+    [seed1] = story.reference_curves("byol", "knn200", preset="small", root=tmp_path / "results", seed=1)
+    assert seed1.name == "CPU reference, small preset — seed 1 drawn: BYOL"
 
 
 def test_takeaway_states_the_verdict_its_criterion_and_why_not_decided(tmp_path, capsys):

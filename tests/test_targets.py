@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,11 @@ def test_every_threshold_is_met_exactly_at_its_value():
     assert (
         by_target(T.check_run("simclr", make_run(knn=(0.50, 0.58))))["kNN gain"].met is True
     )  # 0.0799999... in floats
+    logged = [struct.unpack("f", struct.pack("f", x))[0] for x in (0.246, 0.326)]  # float32, as the trainer logs
+    assert (
+        logged[1] - logged[0] < 0.08
+        and by_target(T.check_run("simclr", make_run(knn=tuple(logged))))["kNN gain"].met is True
+    )
     assert by_target(T.check_run("simclr", make_run(eta=0.3)))["final η"].met is True
     info = {"monitor_marginal_entropy_pred": 4.0, "monitor_conditional_entropy_pred": 3.0}  # exactly 1 nat
     swav = by_target(T.check_run("swav", make_run("swav", codes=[0.95 * LOG_K, 0.95 * LOG_K], epoch_keys=info)))
