@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from erlib import claims as C
 from erlib.runs import Run
+from tests.helpers import float32
 
 LOG = math.log
 
@@ -289,11 +289,6 @@ def test_c5_fails_when_one_er_variant_is_more_than_the_margin_below():
 def test_c5_is_inconclusive_when_neither_variant_learned():
     v = C.c5_er_competitive(pair("dino", 0.125, 0.13))  # both within 2 points of the untrained 0.12
     assert v.status == C.INCONCLUSIVE and "neither DINO nor DINO-ER learned" in v.reason
-
-
-def float32(x: float) -> float:
-    """``x`` as the trainer logs a kNN accuracy (float32), read back as a Python float."""
-    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def knn_run(name: str, method: str, er: bool, untrained: float, final: float, batch_size: int = 256) -> Run:

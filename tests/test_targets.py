@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from erlib import targets as T
 from erlib.__main__ import main
 from erlib.reproduce import export_results, reproduce
 from erlib.runs import Run
+from tests.helpers import float32
 
 K = 100  # the categorical heads' K in these runs
 LOG_K = math.log(K)
@@ -213,7 +213,7 @@ def test_every_threshold_is_met_exactly_at_its_value():
     assert (
         by_target(T.check_run("simclr", make_run(knn=(0.50, 0.58))))["kNN gain"].met is True
     )  # 0.0799999... in floats
-    logged = [struct.unpack("f", struct.pack("f", x))[0] for x in (0.246, 0.326)]  # float32, as the trainer logs
+    logged = [float32(x) for x in (0.246, 0.326)]  # as the trainer logs them
     assert (
         logged[1] - logged[0] < 0.08
         and by_target(T.check_run("simclr", make_run(knn=tuple(logged))))["kNN gain"].met is True
