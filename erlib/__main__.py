@@ -151,7 +151,7 @@ def _claims(args: argparse.Namespace) -> int:
     from erlib import targets as T
     from erlib.claims import format_verdicts
     from erlib.presets import default_runs_dir
-    from erlib.reproduce import export_results, reproduce
+    from erlib.reproduce import check_extra_roles, export_results, reproduce
 
     ids = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     try:
@@ -160,12 +160,17 @@ def _claims(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     if not seeds or any(s < 0 for s in seeds):
         raise ValueError(f"--seeds expects comma-separated integers >= 0, got {args.seeds!r}")
+    extras = check_extra_roles(args.extra_role)  # a bad folder name is refused before any training
+    if extras and not args.export:
+        raise ValueError("--extra-role names run folders to export: give --export DIR too")
     out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train, runs_root=args.runs_dir or None)
     print(format_verdicts(result.combined))
     if result.targets:
         print("\npreset targets of the base runs: " + T.targets_table(result.targets).splitlines()[-1])
         print(f"  {result.targets_report}")
+    if result.figures:
+        print(f"figures of {', '.join(result.figures)}: {next(iter(result.figures.values())).parent}")
     print(f"\n{len(seeds)} seed(s), {result.minutes:.1f} min; report: {result.report[0] if result.report else out}")
     if args.export:
         dirs = {
@@ -174,7 +179,8 @@ def _claims(args: argparse.Namespace) -> int:
         }
         command = "python -m erlib claims " + " ".join(sys.argv[2:])
         print(
-            f"reference runs: {export_results(dirs, args.export, args.label or args.preset, command, ids, args.preset)}"
+            "reference runs: "
+            + str(export_results(dirs, args.export, args.label or args.preset, command, ids, args.preset, extras))
         )
     return 0
 
@@ -315,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. results/cpu-small-<date>",
     )
     cl.add_argument("--label", default="", help="label of the exported reference runs, e.g. 'CPU reference'")
+    cl.add_argument(
+        "--extra-role",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="with --export: also copy this run folder of each seed, outside the claims (repeatable), e.g. "
+        "dino-er@entropy_on=embedding",
+    )
     cl.set_defaults(func=_claims)
     nb = sub.add_parser("notebooks", parents=[debug], help="execute the numbered notebooks headless with papermill")
     nb.add_argument(

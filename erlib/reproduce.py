@@ -34,6 +34,9 @@ __all__ = [
     "export_results",
     "reference_runs",
     "reference_table",
+    "write_figures",
+    "run_provenance",
+    "check_extra_roles",
 ]
 
 
@@ -51,6 +54,8 @@ class ClaimsResult:
     #: seed → base run → its preset-target checks (:mod:`erlib.targets`), for the base runs present
     targets: dict[int, dict[str, list[T.TargetCheck]]] = field(default_factory=dict)
     targets_report: Path | None = None
+    #: claim → its report figure (``figures/<claim>.png``; the interactive ``.html`` beside it), first seed's runs
+    figures: dict[str, Path] = field(default_factory=dict)
 
 
 def claim_configs(
@@ -131,6 +136,15 @@ def reproduce(
         if result.targets:
             result.targets_report = T.write_targets(result.targets, out_dir)
         _append_references(result.report[0], result.combined, preset)
+        first = Path(runs_root) / f"seed{seeds[0]}" if runs_root else Path(default_runs_dir(preset, seeds[0]))
+        result.figures = write_figures(first, ids, per_seed[seeds[0]], Path(out_dir) / "figures")
+        if result.figures:
+            lines = ["", f"## Figures (seed {seeds[0]})", ""]
+            lines += [
+                f"- {cid}: [{p.name}](figures/{p.name}) (interactive: figures/{p.stem}.html)"
+                for cid, p in result.figures.items()
+            ]
+            atomic_write_text(result.report[0], result.report[0].read_text() + "\n".join(lines) + "\n")
         summary = {
             "preset": preset,
             "seeds": list(seeds),
@@ -145,6 +159,25 @@ def reproduce(
         }
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def write_figures(
+    runs_dir: str | Path, claim_ids: Iterable[str], verdicts: Sequence[C.Verdict], out_dir: str | Path
+) -> dict[str, Path]:
+    """One figure per claim with runs to draw: the quantities its criterion reads, for its runs under ``runs_dir``
+    (:func:`erlib.story.claim_panels`), titled with the verdict; ``<claim>.png`` and ``<claim>.html`` in ``out_dir``.
+    Returns claim → PNG path."""
+    from erlib.plots import show
+    from erlib.story import claim_panels
+
+    status = {v.claim: v.status for v in verdicts}
+    out = {}
+    for claim_id in claim_ids:
+        panels = claim_panels(claim_id, C.load_claim_runs(runs_dir, claim_id))  # type: ignore[arg-type]
+        if panels:
+            title = f"{claim_id} ({status.get(claim_id, '?')}): {C.CLAIMS[claim_id].title}"
+            out[claim_id] = show(panels, claim_id, out_dir, title=title, display=False)["png"]
+    return out
 
 
 def reference_table(verdicts: Sequence[C.Verdict], references: Sequence[dict]) -> list[str]:
@@ -215,21 +248,46 @@ def machine_description() -> str:
 
 
 # --------------------------------------------------------------------------------------------------- results/
+def check_extra_roles(roles: Iterable[str]) -> list[str]:
+    """``roles`` if each is one run folder name (letters, digits and ``._@+=,-``, no leading dot); else a
+    ``ValueError`` naming the first that is not."""
+    from erlib.config import RUN_NAME_PATTERN
+
+    roles = list(roles)
+    for role in roles:
+        if not isinstance(role, str) or not RUN_NAME_PATTERN.fullmatch(role) or role in (".", ".."):
+            raise ValueError(
+                f"extra role {role!r} is not a run folder name (letters, digits and ._@+=,- ; no '/', no leading "
+                "dot), e.g. dino-er@entropy_on=embedding"
+            )
+    return roles
+
+
 def export_results(
-    runs_dirs: dict[int, Path], dest: str | Path, label: str, command: str, claim_ids=None, preset: str | None = None
+    runs_dirs: dict[int, Path],
+    dest: str | Path,
+    label: str,
+    command: str,
+    claim_ids=None,
+    preset: str | None = None,
+    extra_roles: Sequence[str] = (),
 ) -> Path:
     """Copy the claims' runs (config.json, metrics.jsonl, meta.json; never a checkpoint) from ``runs_dirs`` (seed →
     folder) into ``dest/seed<k>/<role>/``, and write ``dest/summary.json``: the label ("CPU reference, small
-    preset"), the command, the machine, erlib's commit, the claims exported (None: all) and the verdicts computed from
-    the copied runs."""
+    preset"), the command, the machine, erlib's commit, the claims exported (None: all), the verdicts computed from
+    the copied runs and how the runs were made (:func:`run_provenance`). ``extra_roles`` are run folders outside the
+    claims copied the same way where present (e.g. ``dino-er@entropy_on=embedding``, which notebook 05 compares);
+    each must be one folder name."""
+    check_extra_roles(extra_roles)
     dest = Path(dest)
     per_seed, targets = {}, {}
+    roles = [spec.name for spec in C.required_runs(claim_ids)] + list(extra_roles)
     for seed, src in runs_dirs.items():
-        for spec in C.required_runs(claim_ids):
-            run_dir = Path(src) / spec.name
+        for role in dict.fromkeys(roles):
+            run_dir = Path(src) / role
             if not (run_dir / "config.json").is_file():
                 continue
-            target = dest / f"seed{seed}" / spec.name
+            target = dest / f"seed{seed}" / role
             target.mkdir(parents=True, exist_ok=True)
             for name in ("config.json", "metrics.jsonl", META):
                 if (run_dir / name).is_file():
@@ -246,11 +304,33 @@ def export_results(
         "commit": meta.get("commit"),
         "exported": datetime.now().isoformat(timespec="seconds"),
         "claims": list(claim_ids) if claim_ids is not None else None,
+        "extra_roles": list(extra_roles),
         "verdicts": per_seed,
         "targets": targets,
+        "provenance": run_provenance(dest),
     }
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=2) + "\n")
     return dest
+
+
+def run_provenance(set_dir: str | Path) -> dict[str, dict[str, int]]:
+    """How the runs of a reference set were made, from their ``meta.json``: the number of runs per erlib commit, per
+    command line and per execution path ("cpu bf16 AVX512"), so that a set whose runs span several commits or were
+    trained by several commands says so (``summary.json``'s ``commit`` is one run's)."""
+    counts: dict[str, dict[str, int]] = {"commits": {}, "commands": {}, "execution": {}}
+    for run_dir in sorted(Path(set_dir).glob("seed*/*")):
+        if not (run_dir / "config.json").is_file():
+            continue
+        meta = load_run(run_dir).meta or {}
+        ex = meta.get("execution") or {}
+        keys = {
+            "commits": str(meta.get("commit")),
+            "commands": str(meta.get("command")),
+            "execution": " ".join(str(ex.get(k)) for k in ("device", "precision", "cpu_capability") if ex.get(k)),
+        }
+        for field_name, key in keys.items():
+            counts[field_name][key] = counts[field_name].get(key, 0) + 1
+    return counts
 
 
 def reference_runs(root: str | Path | None = None) -> list[dict]:

@@ -11,6 +11,7 @@ contradict. :func:`data_banner` makes the synthetic fallback impossible to miss.
 from __future__ import annotations
 
 import html
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,13 @@ __all__ = [
     "label",
     "method_color",
     "reference_curves",
+    "reference_claim_runs",
+    "reference_roles",
+    "embedding_variant_source",
+    "runs_from_reference",
+    "CLAIM_FIGURE_KEYS",
+    "INFORMATION_PRED",
+    "claim_panels",
     "preset_targets",
     "takeaway",
     "verdict_table",
@@ -323,6 +331,154 @@ def reference_curves(
         )
         out.append(series)
     return out
+
+
+#: Presets whose notebooks read some claims' comparison runs from the committed reference set by default
+#: (``"auto"``): on ``small``, C4's eight small-batch runs (notebook 07) and C7's two DINO ablations (notebook 05)
+#: would take those notebooks past their 12-minute budget on a 2-core CPU.
+REFERENCE_RUNS_PRESETS = ("small",)
+
+
+def runs_from_reference(choice: str, preset: str, parameter: str = "batch_runs") -> bool:
+    """Whether a notebook reads a claim's runs from the committed reference set (:func:`reference_claim_runs`) rather
+    than training them: ``"reference"`` yes, ``"train"`` no, ``"auto"`` on the presets of
+    :data:`REFERENCE_RUNS_PRESETS`. Any other value of the notebook's ``parameter`` is refused before any work."""
+    if choice not in ("auto", "train", "reference"):
+        raise ValueError(f"{parameter} must be 'auto', 'train' or 'reference', got {choice!r}")
+    return choice == "reference" or (choice == "auto" and preset in REFERENCE_RUNS_PRESETS)
+
+
+def embedding_variant_source(dino_er_embedding: bool | None, preset: str) -> str:
+    """Where notebook 05 takes DINO-ER with ``entropy_on="embedding"`` from: ``"train"`` (True, or None on ``full``),
+    ``"reference"`` (None on ``small``: the committed run, since training it too would overrun the notebook's time
+    budget) or ``"off"`` (False, or None on ``tiny``). Any other value is refused before any work starts."""
+    if dino_er_embedding not in (None, True, False):
+        raise ValueError(f"dino_er_embedding must be None, True or False, got {dino_er_embedding!r}")
+    if dino_er_embedding is not None:
+        return "train" if dino_er_embedding else "off"
+    return {"small": "reference", "tiny": "off"}.get(preset, "train")
+
+
+def reference_roles(
+    preset: str, roles: Sequence[str], seed: int = 0, root: str | Path | None = None, why: str = ""
+) -> tuple[dict[str, Run], str]:
+    """role → run read from a committed reference set (``results/``) instead of trained, and the set's label: the
+    most recently exported set of exactly ``preset`` that holds every one of ``roles`` for ``seed``. Used where
+    training those runs would overrun a notebook's time budget; the notebook then says that it shows committed runs.
+    Raises ``ValueError`` naming ``why`` (the way out) when no set holds them."""
+    from erlib.reproduce import reference_runs
+
+    sets = [ref for ref in reference_runs(root) if ref.get("preset") == preset]
+    for ref in sorted(sets, key=lambda r: str(r.get("exported", "")), reverse=True):
+        seed_dir = Path(ref["path"]) / f"seed{seed}"
+        if all((seed_dir / role / "config.json").is_file() for role in roles):
+            return {role: load_run(seed_dir / role) for role in roles}, str(ref.get("label", ref["path"]))
+    raise ValueError(
+        f"no committed reference set of preset {preset!r} holds {', '.join(roles)} for seed {seed}"
+        + (f"; {why}" if why else "")
+    )
+
+
+def reference_claim_runs(
+    preset: str, claim_id: str, seed: int = 0, root: str | Path | None = None, why: str = "batch_runs = 'train'"
+) -> tuple[dict[str, Run], str]:
+    """role → run of claim ``claim_id`` read from a committed reference set (:func:`reference_roles`), and the set's
+    label: notebooks 05 and 07 read C7's ablations and C4's small-batch runs this way on ``small``, where training
+    them would overrun their time budget; the verdict then describes the committed runs, and the notebook says so.
+    ``why`` names the notebook parameter that trains them instead."""
+    roles = [spec.name for spec in C.CLAIMS[claim_id].runs]
+    try:
+        return reference_roles(preset, roles, seed, root)
+    except ValueError:
+        raise ValueError(
+            f"no committed reference set of preset {preset!r} holds every run of {claim_id} for seed {seed}; "
+            f"train them instead ({why})"
+        ) from None
+
+
+#: A derived figure key: the information the predictions carry, I(X;W) = H(p̄) − mean H(p) on the monitor batch.
+INFORMATION_PRED = "information_pred"
+#: What each claim's report figure draws: the quantities its criterion reads, as (key, y-axis label). ``monitor_*``
+#: and ``knn*`` keys come from the epoch records (epoch 0 = the untrained network), the others from the training
+#: batches (:func:`curve`).
+CLAIM_FIGURE_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "C2": (
+        (C.C2_ETA_KEY, "η of the target projections (monitor)"),
+        (C.C2_COSINE_KEY, "mean cosine, prediction · target (monitor)"),
+    ),
+    "C3": ((C.KNN_KEY, "kNN top-1 (k = 200)"), (C.C3_ETA_KEY, "η of the online projections (monitor)")),
+    "C4": ((C.KNN_KEY, "kNN top-1 (k = 200)"),),
+    "C5": ((C.KNN_KEY, "kNN top-1 (k = 200)"),),
+    "C6": (
+        ("marginal_entropy_target", "code marginal entropy (training batches), nats"),
+        ("monitor_cross_entropy", "cross-entropy codes · predictions, nats"),
+        (INFORMATION_PRED, "I(X;W) = H(p̄) − mean H(p) of the predictions, nats"),
+    ),
+    "C7": (
+        ("monitor_marginal_entropy_target", "teacher H(p̄_t) (monitor), nats"),
+        ("monitor_conditional_entropy_target", "teacher mean H(p_t) (monitor), nats"),
+    ),
+    "C8": (("monitor_infonce", "InfoNCE bound (monitor), nats"), ("monitor_er_bound", "ER estimate (monitor), nats")),
+    "C9": (
+        (C.C9_ETA_KEY, "η of the online projections, training batches"),
+        (f"monitor_{C.C9_ETA_KEY}", "η of the online projections (monitor)"),
+    ),
+}
+
+
+def _ceiling_lines(key: str, runs: Sequence[Run]) -> list[tuple[float, str]]:
+    """Reference lines of a claim panel: η's 0 and 1, chance and the untrained network for kNN, log K for the entropies
+    of K outputs, log k for the bounds estimated on k monitor samples."""
+    if "eta" in key:
+        return list(ETA_LINES)
+    if key.startswith("knn"):
+        return baselines(runs, key)
+    if key == INFORMATION_PRED:
+        return [(C.C6_MIN_INFORMATION, f"{C.C6_MIN_INFORMATION:g} nat (C6's threshold)"), (0.0, "0: no information")]
+    if "entropy" in key:
+        sizes = sorted(
+            {C.num_prototypes(run) for run in runs if run.config.get("method") in ("swav", "deepcluster", "dino")}
+        )
+        return [(math.log(k), f"log K (K = {k})") for k in sizes]
+    k = runs[0].config.get("monitor_size")
+    if key in ("monitor_infonce", "monitor_er_bound") and k:
+        return [(math.log(k), f"log k (k = {k})")]
+    return []
+
+
+def _information_curve(run: Run) -> Series:
+    """I(X;W) = H(p̄) − mean H(p) of a run's predictions on the monitor batch, at every epoch that logged both."""
+    marginal = dict(zip(*C.epoch_series(run, "monitor_marginal_entropy_pred")))
+    conditional = dict(zip(*C.epoch_series(run, "monitor_conditional_entropy_pred")))
+    epochs = [e for e in marginal if e in conditional]
+    values = [marginal[e] - conditional[e] for e in epochs]
+    return Series(epochs, values, label(run), dash=bool(run.config.get("er")), points=len(epochs) < 30)
+
+
+def claim_panels(claim_id: str, runs: Mapping[str, Run | None]) -> list[Panel]:
+    """The panels of claim ``claim_id``'s report figure: for each quantity its criterion reads
+    (:data:`CLAIM_FIGURE_KEYS`), every run of the claim against epochs completed (one panel per method for the claims
+    decided method by method), one colour per run, ER variants dashed, with the panel's reference lines. Runs that
+    are missing or never logged the key are left out; an empty list means nothing to draw."""
+    present = [run for run in runs.values() if run is not None]
+    if C.CLAIMS[claim_id].per_method:
+        methods = dict.fromkeys(run.config["method"] for run in present)
+        groups = [(C._label(m), [run for run in present if run.config["method"] == m]) for m in methods]
+    else:
+        groups = [("", present)]
+    panels = []
+    for key, ylabel in CLAIM_FIGURE_KEYS[claim_id]:
+        for title, members in groups:
+            series = []
+            for i, run in enumerate(members):
+                line = _information_curve(run) if key == INFORMATION_PRED else curve(run, key)
+                line.color = color_for(i)
+                if len(line.x):
+                    series.append(line)
+            if series:
+                hlines = _ceiling_lines(key, members)
+                panels.append(Panel(series, title or ylabel, "epochs completed", ylabel, hlines=hlines))
+    return panels
 
 
 def preset_targets(

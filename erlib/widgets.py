@@ -363,11 +363,19 @@ class TrainingDashboard:
             [p[0] for p in pts], [p[1] for p in pts], f"{quantity}: {suffix}", color, dash=style, points=where == "test"
         )
 
+    def _untrained_knn(self) -> list[tuple[float, str]]:
+        """The kNN panel's reference line: the untrained network's kNN200 accuracy, from the epoch-0 record (same bank
+        and protocol as every later point), once that record has arrived."""
+        first = next((r for r in self.records if r.get("kind") == "epoch" and r.get("epoch") == 0), None)
+        return [(first["knn200"], "untrained network (kNN k=200)")] if first and "knn200" in first else []
+
     @property
     def panels(self) -> list[Panel]:
-        """The four panels of the current records (series without records left out)."""
+        """The four panels of the current records (series without records left out); the kNN panel also draws the
+        untrained network's accuracy."""
         out = []
         for title, ylabel, hlines, entries in self.PANELS:
             series = [self._series(key, where, quantity, color_for(c)) for key, where, quantity, c in entries]
-            out.append(Panel([s for s in series if s is not None], title, "step", ylabel, hlines=list(hlines)))
+            lines = list(hlines) + (self._untrained_knn() if title == "kNN accuracy" else [])
+            out.append(Panel([s for s in series if s is not None], title, "step", ylabel, hlines=lines))
         return out

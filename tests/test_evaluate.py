@@ -274,3 +274,32 @@ def test_evaluate_run_scores_the_checkpoint_and_the_untrained_network_of_a_run(t
     untrained = E.evaluate_run(run.path, device="cpu", linear=False, untrained=True)
     assert untrained["epoch"] == 0 and untrained["knn200"] == pytest.approx(first["knn200"], abs=1e-6)
     assert untrained["knn200"] != trained["knn200"] and not (run.path / "eval.json").exists()
+
+
+def test_untrained_bn_baseline_script_reproduces_the_epoch_0_record_then_recalibrates(tmp_path, capsys):
+    """scripts/untrained_bn_baseline.py rebuilds a run's untrained network and scores it with the trainer's kNN: its
+    first figure must equal the run's own epoch-0 record (same weights, bank, queries and protocol); its second
+    re-estimates BatchNorm's statistics on training images, which changes the features, so the score may differ."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from erlib.config import TrainConfig
+    from erlib.train import train
+    from tests.helpers import MICRO_RUN
+
+    cfg = TrainConfig(
+        **{**MICRO_RUN, "train_subset": 0, "knn_every": 1, "method": "simclr", "out_dir": str(tmp_path), "name": "r"}
+    )
+    run_dir = train(cfg.validate())
+    path = Path(__file__).resolve().parent.parent / "scripts" / "untrained_bn_baseline.py"
+    spec = importlib.util.spec_from_file_location("untrained_bn_baseline", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([]) == 2  # no run folder: the usage, exit status 2
+    capsys.readouterr()
+    assert script.main([str(run_dir)]) == 0
+    line = capsys.readouterr().out
+    recorded, recomputed, recalibrated = (float(x) for x in re.findall(r"(\d\.\d{4})", line)[:3])
+    assert recomputed == pytest.approx(recorded, abs=1e-4)
+    assert 0.0 <= recalibrated <= 1.0 and re.search(r"BatchNorm statistics from \d+ training images", line)

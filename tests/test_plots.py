@@ -339,6 +339,23 @@ def test_dashboard_line_style_means_where_a_value_was_measured_in_every_panel():
     assert dashes["kNN k=200: test set"] == "dot" and dashes["ER: monitor batch"] == "dash"
 
 
+def test_dashboard_knn_panel_draws_the_untrained_network_once_its_record_arrives():
+    dashboard = TrainingDashboard("test")
+    history = records()
+    dashboard.update(history[1])  # a training record first: no epoch-0 record yet, no line
+    knn = next(p for p in dashboard.panels if p.title == "kNN accuracy")
+    assert knn.hlines == []
+    dashboard = TrainingDashboard("test")
+    for record in history:
+        dashboard.update(record)
+    knn = next(p for p in dashboard.panels if p.title == "kNN accuracy")
+    assert knn.hlines == [(0.15, "untrained network (kNN k=200)")]  # the epoch-0 record's knn200, not a later one
+    assert next(p for p in dashboard.panels if p.title == "entropy").hlines == [
+        (1.0, "η = 1: log k ceiling"),
+        (0.0, "η = 0: collapse"),
+    ]
+
+
 def test_figures_go_into_the_output_widget_not_the_cell():
     import ipywidgets
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from erlib import claims as C
 from erlib.reproduce import combine_seeds, export_results, reference_runs
 
@@ -25,8 +27,8 @@ def test_a_claim_passes_over_seeds_only_if_every_seed_passes():
     assert v == verdict("FAIL")  # one seed: the verdict itself
 
 
-def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_path):
-    src = tmp_path / "runs"
+def _simclr_run(src):
+    """A 6-epoch SimCLR run folder whose InfoNCE and ER estimate rise below log 128 (C8 PASSes on it)."""
     run = src / "simclr"
     run.mkdir(parents=True)
     config = {
@@ -47,6 +49,12 @@ def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_p
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "meta.json").write_text(json.dumps({"format": 2, "commit": "abc123"}))
     (run / "checkpoint.pt").write_bytes(b"weights")
+    return run
+
+
+def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_path):
+    src = tmp_path / "runs"
+    _simclr_run(src)
     dest = export_results(
         {0: src}, tmp_path / "results" / "cpu-small", "CPU reference", "python -m erlib claims", ["C8"]
     )
@@ -58,6 +66,8 @@ def test_export_copies_runs_without_checkpoints_and_records_their_verdicts(tmp_p
     [ref] = reference_runs(tmp_path / "results")
     assert ref["label"] == "CPU reference" and ref["commit"] == "abc123" and ref["path"] == dest
     assert ref["claims"] == ["C8"]  # the claims exported, so that a check of the set decides those and no others
+    # the summary says which commits, commands and execution paths made the runs (here one run, one of each)
+    assert ref["provenance"] == {"commits": {"abc123": 1}, "commands": {"None": 1}, "execution": {"": 1}}
     [c8] = ref["verdicts"]["0"]
     assert c8["claim"] == "C8" and c8["status"] == "PASS"  # log k = log 128 caps both; both rose over 6 epochs
 
@@ -93,3 +103,129 @@ def _verdict(claim: str, status: str):
     from erlib import claims as C
 
     return C.Verdict(claim, "title", status, "criterion", {"x": 1.0}, "sentence")
+
+
+def test_the_report_has_a_figure_of_each_claim_drawn_from_its_runs(tmp_path):
+    from erlib.reproduce import reproduce
+
+    _simclr_run(tmp_path / "runs" / "seed0")
+    out = tmp_path / "report"
+    result = reproduce("small", ["C8", "C9"], [0], out_dir=out, train=False, runs_root=tmp_path / "runs")
+    # C8's run logged what C8 reads; C9 reads η, which this run never logged, so C9 has nothing to draw
+    assert set(result.figures) == {"C8"}
+    for claim_id, png in result.figures.items():
+        assert png == out / "figures" / f"{claim_id}.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "figures" / f"{claim_id}.html").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Figures (seed 0)" in report and "[C8.png](figures/C8.png)" in report
+    # the figure shows the quantities C8 reads, from the run's own records
+    html = (out / "figures" / "C8.html").read_text()
+    assert "InfoNCE bound (monitor), nats" in html and "ER estimate (monitor), nats" in html
+    # with no run at all there is nothing to draw, and no figure
+    empty = reproduce("small", ["C2"], [0], out_dir=tmp_path / "empty", train=False, runs_root=tmp_path / "none")
+    assert empty.figures == {} and not (tmp_path / "empty" / "figures").exists()
+    assert "## Figures" not in (tmp_path / "empty" / "report.md").read_text()
+
+
+def test_provenance_counts_the_runs_of_each_commit_command_and_execution_path(tmp_path):
+    from erlib.reproduce import run_provenance
+
+    metas = {
+        "seed0/simclr": {
+            "commit": "aaa",
+            "command": "python -m erlib claims",
+            "execution": {"device": "cpu", "precision": "bf16", "cpu_capability": "AVX512"},
+        },
+        "seed0/byol": {
+            "commit": "bbb",
+            "command": "a script",
+            "execution": {"device": "cpu", "precision": "fp32", "cpu_capability": "AVX2"},
+        },
+        "seed1/simclr": {
+            "commit": "aaa",
+            "command": "python -m erlib claims",
+            "execution": {"device": "cpu", "precision": "bf16", "cpu_capability": "AVX512"},
+        },
+    }
+    for name, meta in metas.items():
+        run = tmp_path / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"method": name.split("/")[1], "er": False}))
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 0, "step": 0}) + "\n")
+        (run / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "seed1" / "not-a-run").mkdir()  # no config.json: not counted
+    assert run_provenance(tmp_path) == {
+        "commits": {"aaa": 2, "bbb": 1},
+        "commands": {"python -m erlib claims": 2, "a script": 1},
+        "execution": {"cpu bf16 AVX512": 2, "cpu fp32 AVX2": 1},
+    }
+
+
+def test_export_copies_extra_roles_outside_the_claims_and_names_them(tmp_path):
+    src = tmp_path / "runs"
+    _simclr_run(src)
+    extra = src / "dino-er@entropy_on=embedding"
+    extra.mkdir()
+    for name in ("config.json", "metrics.jsonl", "meta.json"):
+        (extra / name).write_text((src / "simclr" / name).read_text())
+    (extra / "checkpoint.pt").write_bytes(b"weights")
+    dest = export_results(
+        {0: src}, tmp_path / "set", "label", "cmd", ["C8"], "small", extra_roles=["dino-er@entropy_on=embedding"]
+    )
+    assert sorted(p.name for p in (dest / "seed0").iterdir()) == ["dino-er@entropy_on=embedding", "simclr"]
+    assert not list(dest.rglob("checkpoint.pt"))
+    [ref] = reference_runs(tmp_path)
+    assert ref["extra_roles"] == ["dino-er@entropy_on=embedding"] and ref["provenance"]["commits"] == {"abc123": 2}
+    # without the option the folder stays behind
+    plain = export_results({0: src}, tmp_path / "plain", "label", "cmd", ["C8"], "small")
+    assert [p.name for p in (plain / "seed0").iterdir()] == ["simclr"]
+
+
+@pytest.mark.parametrize("role", ["../escape", "a/b", ".hidden", "", "..", "x y"])
+def test_an_extra_role_that_is_not_one_folder_name_is_refused_before_any_copy(tmp_path, role):
+    from erlib.reproduce import check_extra_roles
+
+    with pytest.raises(ValueError, match=r"extra role .* is not a run folder name .* e\.g\. dino-er@entropy_on"):
+        check_extra_roles([role])
+    with pytest.raises(ValueError, match="is not a run folder name"):
+        export_results({0: tmp_path}, tmp_path / "set", "label", "cmd", ["C8"], "small", extra_roles=[role])
+    assert not (tmp_path / "set").exists()
+
+
+def test_cli_extra_role_needs_export_and_a_folder_name_before_any_training(tmp_path, capsys, monkeypatch):
+    from erlib.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv, message in (
+        (["claims", "--preset", "tiny", "--extra-role", "dino-er@entropy_on=embedding"], "give --export DIR too"),
+        (["claims", "--preset", "tiny", "--export", "set", "--extra-role", "../x"], "is not a run folder name"),
+    ):
+        try:
+            code = main(argv)
+        except ValueError as exc:
+            assert message in str(exc)
+        except SystemExit as exc:
+            assert exc.code == 2 and message in capsys.readouterr().err
+        else:
+            assert code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_dino_er_embedding_script_trains_the_roles_the_committed_set_exports(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "dino_er_embedding_runs", root / "scripts" / "dino_er_embedding_runs.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([]) == 2 and "usage" in capsys.readouterr().out
+    assert script.main(["huge", "0"]) == 2  # not a preset: refused before any training
+    names = [s.name for s in script.SPECS]
+    assert names == ["dino-er@entropy_on=embedding", "dino-er@entropy_on=embedding,tau_base=0.0"]
+    assert all(s.er and s.method_options["entropy_on"] == "embedding" for s in script.SPECS)
+    assert script.SPECS[1].method_options["tau_base"] == 0.0
+    [ref] = [r for r in reference_runs(root / "results") if r["path"].name == "cpu-small-3seeds-2026-12-03"]
+    assert ref["extra_roles"] == names  # the set carries exactly what the script trains

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from erlib import claims as C
-from erlib.reproduce import reference_runs
+from erlib.reproduce import reference_runs, run_provenance
 from erlib.runs import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +37,11 @@ def _close(a, b) -> bool:
 @pytest.mark.parametrize("ref", SETS, ids=[s["path"].name for s in SETS])
 def test_reference_runs_load_without_checkpoints_and_their_verdicts_hold(ref):
     path = Path(ref["path"])
-    for key in ("label", "preset", "command", "machine", "commit", "verdicts"):
+    for key in ("label", "preset", "command", "machine", "commit", "verdicts", "provenance"):
         assert ref.get(key), f"{path}/summary.json lacks {key!r}"
+    # the commits, commands and execution paths the summary names are those of the runs' own meta.json
+    assert ref["provenance"] == run_provenance(path)
+    assert sum(ref["provenance"]["commits"].values()) == len([p for p in path.glob("seed*/*") if p.is_dir()])
     assert not list(path.rglob("checkpoint.pt")), "reference sets carry no checkpoints"
     runs = [p for p in path.glob("seed*/*") if p.is_dir()]
     assert runs, f"{path} holds no run folders"
@@ -82,3 +85,64 @@ def test_a_recorded_target_matches_the_raw_metrics_of_its_run():
     [check] = [c for c in summary["targets"]["0"]["deepcluster"] if c["target"] == "I(X;W) of the predictions"]
     assert check["numbers"]["information"] == pytest.approx(info, abs=1e-12)
     assert check["met"] is (info >= 1.0) and check["measured"] == f"{info:.2f} nats"
+
+
+BENCH = ROOT / "results" / "bench-cpu-2026-12-03"
+METHOD_NAMES = {"simclr": "SimCLR", "deepcluster": "DeepCluster-v2", "swav": "SwAV", "byol": "BYOL", "dino": "DINO"}
+
+
+def _bench_rows(name: str) -> dict[tuple[str, str], dict]:
+    report = json.loads((BENCH / name).read_text())
+    # the benchmark of commit 54e0fc4 measured one path and wrote no "path" field
+    return {
+        (METHOD_NAMES[r["method"]] + ("-ER" if r["er"] else ""), r.get("path", "fp32")): r for r in report["results"]
+    }
+
+
+def test_the_readmes_cpu_benchmark_figures_are_the_committed_measurements():
+    """Every figure of the README's bf16 CPU table, and the before / after pairs in the text under it, is read from
+    the committed benchmark JSON (rounded as printed)."""
+    readme = (ROOT / "README.md").read_text()
+    header = (
+        "| method | fp32, NCHW (img/s) | `auto` = bf16, channels_last (img/s) | `auto` / fp32 | `auto` / DataLoader"
+    )
+    table = readme[readme.index(header) :].split("\n\n")[0].splitlines()[2:]
+    rows = _bench_rows("all-methods-fp32-auto.json")
+    assert len(table) == 10
+    for line in table:
+        name, fp32, auto, ratio, over_base = [c.strip() for c in line.strip("|").split("|")]
+        r32, rauto = rows[name, "fp32"], rows[name, "auto"]
+        assert rauto["precision"] == "bf16" and rauto["channels_last"] is True
+        assert fp32 == f"{r32['e2e_images_per_s']:,.0f}" and auto == f"{rauto['e2e_images_per_s']:,.0f}"
+        assert ratio == f"{rauto['e2e_over_reference']:.2f}" and over_base == f"{rauto['e2e_over_baseline']:.1f}"
+    old, new = _bench_rows("pair-54e0fc4.json"), _bench_rows("pair-head.json")
+    for name in ("SimCLR", "SimCLR-ER", "BYOL", "BYOL-ER"):
+        before = old[name, "fp32"]["e2e_images_per_s"]
+        after = new[name, "auto"]["e2e_images_per_s"]
+        assert f"{name} {before:,.0f} → {after:,.0f}" in readme.replace("images/s ", "")
+        assert f"({after / before:.1f}×)" in readme
+
+
+@pytest.mark.parametrize("ref", SETS, ids=[s["path"].name for s in SETS])
+def test_reference_runs_are_what_todays_preset_trains_for_their_roles(ref):
+    """Every claim run of a set has exactly the configuration today's preset gives its role and seed (apart from the
+    folder it was trained in), whatever command trained it: a change to a preset fails here until the set is
+    re-exported from runs of the new preset."""
+    from erlib.presets import spec_config
+
+    specs = {spec.name: spec for spec in C.required_runs()}
+    path = Path(ref["path"])
+    checked = 0
+    for run_dir in sorted(path.glob("seed*/*")):
+        if run_dir.name not in specs:
+            continue  # an extra role (summary.json's extra_roles): outside the claims
+        seed = int(run_dir.parent.name.removeprefix("seed"))
+        got = json.loads((run_dir / "config.json").read_text())
+        want = json.loads(
+            json.dumps(spec_config(ref["preset"], specs[run_dir.name], str(run_dir.parent), seed).to_dict())
+        )
+        for key in ("out_dir", "progress"):
+            got.pop(key, None), want.pop(key, None)
+        assert got == want, f"{run_dir}: {[k for k in want if got.get(k) != want[k]]}"
+        checked += 1
+    assert checked >= 10, f"{path}: only {checked} claim runs (a set holds at least the ten base runs)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,142 @@ def test_preset_targets_reports_the_base_runs_and_the_reference_sets_shown_with_
     assert "full reference" not in text
     synthetic = {"byol": make_run(tmp_path / "byol", dataset="synthetic")}
     assert "**These runs meet 0 of 2 targets.** 2 undecided (synthetic data)." in story.preset_targets(synthetic, "x")
+
+
+def _write_run(run_dir: Path, run: Run) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(run.config))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.records))
+
+
+def test_reference_claim_runs_read_every_role_from_the_newest_set_that_holds_them(tmp_path):
+    root = tmp_path / "results"
+    roles = [spec.name for spec in C.CLAIMS["C9"].runs]  # simclr, simclr@bs-small
+    for name, exported, final in (("older", "2026-12-01T10:00:00", 0.30), ("newer", "2026-12-02T10:00:00", 0.45)):
+        for role in roles:
+            _write_run(root / name / "seed0" / role, make_run(root / name / "seed0" / role, "simclr", final=final))
+        (root / name / "summary.json").write_text(
+            json.dumps({"label": f"set {name}", "preset": "small", "exported": exported})
+        )
+    runs, source = story.reference_claim_runs("small", "C9", seed=0, root=root)
+    assert source == "set newer" and sorted(runs) == sorted(roles)
+    assert C.final_knn(runs["simclr@bs-small"]) == pytest.approx(0.45)
+    # a set missing one role of the seed is passed over; none holding them names the way out
+    (root / "newer" / "seed0" / "simclr@bs-small" / "config.json").unlink()
+    assert story.reference_claim_runs("small", "C9", seed=0, root=root)[1] == "set older"
+    with pytest.raises(
+        ValueError, match=r"no committed reference set of preset 'small' holds every run of C9 for seed 1"
+    ):
+        story.reference_claim_runs("small", "C9", seed=1, root=root)
+    with pytest.raises(ValueError, match=r"batch_runs = 'train'"):
+        story.reference_claim_runs("tiny", "C9", seed=0, root=root)
+    with pytest.raises(ValueError, match=r"train them instead \(ablation_runs = 'train'\)"):
+        story.reference_claim_runs("tiny", "C9", seed=0, root=root, why="ablation_runs = 'train'")
+
+
+def test_reference_claim_runs_of_the_committed_small_set_are_the_batch_size_runs():
+    runs, source = story.reference_claim_runs("small", "C4", seed=0)
+    assert "small preset" in source
+    small = presets.PRESET_TABLE["small"]
+    for method in C.C4_METHODS:
+        assert runs[method].config["batch_size"] == small.fields["batch_size"]
+        assert runs[f"{method}-er@bs-small"].config["batch_size"] == small.small_batch
+
+
+def test_claim_panels_draw_what_each_criterion_reads_with_its_reference_lines(tmp_path):
+    byol, byol_er = make_run(tmp_path / "byol"), make_run(tmp_path / "byol-er", er=True, final=0.5)
+    dino = make_run(tmp_path / "dino", method="dino")
+    # C3 is decided method by method: one panel per method and key, the runs' own values, ER dashed
+    panels = story.claim_panels("C3", {"byol": byol, "byol-er": byol_er, "dino": dino, "dino-er": None})
+    assert [(p.title, p.ylabel.split(" ")[0]) for p in panels] == [
+        ("BYOL", "kNN"),
+        ("DINO", "kNN"),
+        ("BYOL", "η"),
+        ("DINO", "η"),
+    ]
+    knn_byol = panels[0]
+    assert [s.name for s in knn_byol.series] == ["BYOL", "BYOL-ER"] and [s.dash for s in knn_byol.series] == [
+        False,
+        True,
+    ]
+    assert knn_byol.series[1].y == pytest.approx([r["knn200"] for r in byol_er.records if r["kind"] == "epoch"])
+    assert knn_byol.series[0].color != knn_byol.series[1].color
+    assert knn_byol.hlines == story.baselines([byol, byol_er])
+    assert panels[2].hlines == story.ETA_LINES
+    # C6's information panel is H(p̄) − mean H(p) of the predictions, with C6's 1-nat threshold drawn
+    swav = Run(
+        tmp_path / "swav",
+        {"method": "swav", "er": False, "dataset": "cifar10-jpeg75", "method_options": {"num_prototypes": 50}},
+        [
+            {
+                "kind": "epoch",
+                "epoch": e,
+                "step": e,
+                "monitor_marginal_entropy_pred": 3.0 + e,
+                "monitor_conditional_entropy_pred": 2.5,
+                "monitor_cross_entropy": 4.0 - e,
+            }
+            for e in range(3)
+        ],
+    )
+    panels = {p.ylabel: p for p in story.claim_panels("C6", {"swav": swav, "deepcluster": None})}
+    info = next(p for label, p in panels.items() if label.startswith("I(X;W)"))
+    assert info.series[0].y == pytest.approx([0.5, 1.5, 2.5])
+    assert (C.C6_MIN_INFORMATION, "1 nat (C6's threshold)") in info.hlines
+    ce = next(p for label, p in panels.items() if label.startswith("cross-entropy"))
+    assert ce.hlines == [(pytest.approx(math.log(50)), "log K (K = 50)")]
+    # nothing logged, nothing drawn
+    assert story.claim_panels("C8", {"simclr": None}) == []
+
+
+@pytest.mark.parametrize(
+    "batch_runs, preset, expected",
+    [
+        ("auto", "small", True),  # the 8 small-batch runs overrun notebook 07's budget on small
+        ("auto", "tiny", False),
+        ("auto", "full", False),
+        ("train", "small", False),
+        ("reference", "tiny", True),
+    ],
+)
+def test_batch_runs_option_decides_where_notebook_07_takes_c4s_runs(batch_runs, preset, expected):
+    assert story.runs_from_reference(batch_runs, preset, "batch_runs") is expected
+    assert story.runs_from_reference(batch_runs, preset, "ablation_runs") is expected  # notebook 05's, same rule
+
+
+def test_batch_runs_option_refuses_other_values_naming_the_choices():
+    with pytest.raises(ValueError, match=r"batch_runs must be 'auto', 'train' or 'reference', got 'refrence'"):
+        story.runs_from_reference("refrence", "small", "batch_runs")
+    with pytest.raises(ValueError, match=r"ablation_runs must be 'auto', 'train' or 'reference', got True"):
+        story.runs_from_reference(True, "small", "ablation_runs")
+
+
+def test_reference_roles_reads_any_run_folder_of_a_set_and_names_the_way_out(tmp_path):
+    root = tmp_path / "results"
+    role = "dino-er@entropy_on=embedding"
+    _write_run(root / "s" / "seed2" / role, make_run(root / "s" / "seed2" / role, "dino", er=True, final=0.41))
+    (root / "s" / "summary.json").write_text(json.dumps({"label": "set s", "preset": "small", "exported": "x"}))
+    runs, source = story.reference_roles("small", [role], seed=2, root=root)
+    assert source == "set s" and C.final_knn(runs[role]) == pytest.approx(0.41)
+    with pytest.raises(ValueError, match=rf"holds {role} for seed 0; train it: dino_er_embedding = True"):
+        story.reference_roles("small", [role], seed=0, root=root, why="train it: dino_er_embedding = True")
+
+
+@pytest.mark.parametrize(
+    "value, preset, expected",
+    [
+        (None, "small", "reference"),  # a seventh run would overrun notebook 05's budget on small
+        (None, "tiny", "off"),
+        (None, "full", "train"),
+        (True, "small", "train"),
+        (True, "tiny", "train"),
+        (False, "full", "off"),
+    ],
+)
+def test_dino_er_embedding_option_decides_where_notebook_05_takes_the_variant(value, preset, expected):
+    assert story.embedding_variant_source(value, preset) == expected
+
+
+def test_dino_er_embedding_option_refuses_other_values():
+    with pytest.raises(ValueError, match=r"dino_er_embedding must be None, True or False, got 'yes'"):
+        story.embedding_variant_source("yes", "small")
