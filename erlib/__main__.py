@@ -150,8 +150,7 @@ def _claims(args: argparse.Namespace) -> int:
 
     from erlib import targets as T
     from erlib.claims import format_verdicts
-    from erlib.presets import default_runs_dir
-    from erlib.reproduce import check_extra_roles, export_results, reproduce
+    from erlib.reproduce import check_extra_roles, export_results, reproduce, seed_runs_dir
 
     ids = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     try:
@@ -173,10 +172,7 @@ def _claims(args: argparse.Namespace) -> int:
         print(f"figures of {', '.join(result.figures)}: {next(iter(result.figures.values())).parent}")
     print(f"\n{len(seeds)} seed(s), {result.minutes:.1f} min; report: {result.report[0] if result.report else out}")
     if args.export:
-        dirs = {
-            s: (Path(args.runs_dir) / f"seed{s}" if args.runs_dir else Path(default_runs_dir(args.preset, s)))
-            for s in seeds
-        }
+        dirs = {s: seed_runs_dir(args.preset, s, args.runs_dir or None) for s in seeds}
         command = "python -m erlib claims " + " ".join(sys.argv[2:])
         print(
             "reference runs: "

@@ -37,6 +37,7 @@ __all__ = [
     "write_figures",
     "run_provenance",
     "check_extra_roles",
+    "seed_runs_dir",
 ]
 
 
@@ -56,6 +57,12 @@ class ClaimsResult:
     targets_report: Path | None = None
     #: claim → its report figure (``figures/<claim>.png``; the interactive ``.html`` beside it), first seed's runs
     figures: dict[str, Path] = field(default_factory=dict)
+
+
+def seed_runs_dir(preset: str, seed: int, runs_root: str | Path | None = None) -> Path:
+    """The folder of one seed's claim runs: ``runs_root/seed<k>`` when a root is given, else the notebooks' own
+    (``runs/notebook-runs/<preset>[-seed<k>]``)."""
+    return Path(runs_root) / f"seed{seed}" if runs_root else Path(default_runs_dir(preset, seed))
 
 
 def claim_configs(
@@ -108,7 +115,7 @@ def reproduce(
     start = time.perf_counter()
     per_seed, run_minutes, targets = {}, {}, {}
     for seed in seeds:
-        runs_dir = Path(runs_root) / f"seed{seed}" if runs_root else Path(default_runs_dir(preset, seed))
+        runs_dir = seed_runs_dir(preset, seed, runs_root)
         configs = claim_configs(preset, ids, seed, runs_dir)
         if train:
             for i, cfg in enumerate(configs, 1):
@@ -136,7 +143,7 @@ def reproduce(
         if result.targets:
             result.targets_report = T.write_targets(result.targets, out_dir)
         _append_references(result.report[0], result.combined, preset)
-        first = Path(runs_root) / f"seed{seeds[0]}" if runs_root else Path(default_runs_dir(preset, seeds[0]))
+        first = seed_runs_dir(preset, seeds[0], runs_root)
         result.figures = write_figures(first, ids, per_seed[seeds[0]], Path(out_dir) / "figures")
         if result.figures:
             lines = ["", f"## Figures (seed {seeds[0]})", ""]

@@ -429,7 +429,7 @@ CLAIM_FIGURE_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
 def _ceiling_lines(key: str, runs: Sequence[Run]) -> list[tuple[float, str]]:
     """Reference lines of a claim panel: η's 0 and 1, chance and the untrained network for kNN, log K for the entropies
     of K outputs, log k for the bounds estimated on k monitor samples."""
-    if "eta" in key:
+    if "eta_" in key:  # eta_online, monitor_eta_target, ...
         return list(ETA_LINES)
     if key.startswith("knn"):
         return baselines(runs, key)

@@ -32,8 +32,7 @@ def main(argv: list[str]) -> int:
         runs_dir = default_runs_dir(preset, seed)
         for spec in SPECS:
             start = time.perf_counter()
-            cfg = spec_config(preset, spec, runs_dir, seed=seed)
-            run = ensure_run(cfg.__class__(**{**cfg.to_dict(), "progress": False}))
+            run = ensure_run(spec_config(preset, spec, runs_dir, seed=seed, progress=False))
             print(
                 f"seed {seed} {spec.name}: kNN200 {C.untrained_knn(run):.3f} -> {C.final_knn(run):.3f}, "
                 f"monitor eta {C.final_value(run, 'monitor_eta_online'):.3f}, "

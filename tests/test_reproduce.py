@@ -229,3 +229,14 @@ def test_dino_er_embedding_script_trains_the_roles_the_committed_set_exports(cap
     assert script.SPECS[1].method_options["tau_base"] == 0.0
     [ref] = [r for r in reference_runs(root / "results") if r["path"].name == "cpu-small-3seeds-2026-12-03"]
     assert ref["extra_roles"] == names  # the set carries exactly what the script trains
+
+
+def test_a_seeds_runs_are_under_the_given_root_or_in_the_notebooks_folders(tmp_path):
+    from pathlib import Path
+
+    from erlib.presets import default_runs_dir
+    from erlib.reproduce import seed_runs_dir
+
+    assert seed_runs_dir("small", 2, tmp_path) == tmp_path / "seed2"
+    assert seed_runs_dir("small", 0) == Path(default_runs_dir("small", 0)) == Path("runs/notebook-runs/small")
+    assert seed_runs_dir("small", 1, None) == Path("runs/notebook-runs/small-seed1")
