@@ -7,6 +7,7 @@
     python -m erlib methods [NAME]                                                the methods and their options
     python -m erlib notebooks --preset tiny|small|full [--only 01,02]             execute the notebooks headless
     python -m erlib claims --preset small [--seeds 0,1,2] [--only C2,C3]         decide the paper's claims from runs
+    python -m erlib claims --preset small --plan                                 what that would train, and reuse
     python -m erlib bench [--methods simclr,byol] [--batch-size 512]              training throughput
 
 Errors are reported on one line (``error: ...``, exit status 2); ``--debug`` shows the traceback instead.
@@ -150,7 +151,7 @@ def _claims(args: argparse.Namespace) -> int:
 
     from erlib import targets as T
     from erlib.claims import format_verdicts
-    from erlib.reproduce import check_extra_roles, export_results, reproduce, seed_runs_dir
+    from erlib.reproduce import check_extra_roles, export_results, format_plan, plan_runs, reproduce, seed_runs_dir
 
     ids = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     try:
@@ -162,6 +163,11 @@ def _claims(args: argparse.Namespace) -> int:
     extras = check_extra_roles(args.extra_role)  # a bad folder name is refused before any training
     if extras and not args.export:
         raise ValueError("--extra-role names run folders to export: give --export DIR too")
+    if args.plan:
+        if args.no_train or args.export:
+            raise ValueError("--plan only lists the runs; drop --no-train and --export, or drop --plan")
+        print(format_plan(plan_runs(args.preset, ids, seeds, args.runs_dir or None)))
+        return 0
     out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     result = reproduce(args.preset, ids, seeds, out_dir=out, train=not args.no_train, runs_root=args.runs_dir or None)
     print(format_verdicts(result.combined))
@@ -303,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); a claim PASSes only in all")
     cl.add_argument("--out", default="", help="report folder (default runs/claims/<preset>-<timestamp>)")
     cl.add_argument("--no-train", action="store_true", help="decide from the runs present; train nothing")
+    cl.add_argument(
+        "--plan",
+        action="store_true",
+        help="list the runs the claims need and what a run of this command would do with each (reuse, resume, "
+        "train), with the epochs and optimiser steps to train; then stop, having trained and written nothing",
+    )
     cl.add_argument(
         "--runs-dir",
         default="",

@@ -42,6 +42,8 @@ __all__ = [
     "spec_config",
     "default_runs_dir",
     "ensure_run",
+    "run_action",
+    "RUN_ACTIONS",
     "run_name",
     "preset_data",
     "PresetData",
@@ -291,17 +293,40 @@ def ensure_run(cfg: TrainConfig, callback: Callable[[dict], None] | None = None,
                 raise
 
 
+#: what :func:`ensure_run` does with a run folder (:func:`run_action`)
+RUN_ACTIONS = ("reuse", "resume", "train", "retrain")
+
+
+def run_action(cfg: TrainConfig) -> tuple[str, int]:
+    """What :func:`ensure_run` would do with ``cfg``'s folder, without doing it, and the epochs it would train:
+    ``("reuse", 0)`` for a finished run of the same configuration and record format, ``("resume", epochs left)`` for
+    an interrupted one, ``("train", cfg.epochs)`` for an empty folder, ``("retrain", cfg.epochs)`` for a folder
+    holding another configuration or format (cleared first)."""
+    action, _, done = _existing_run(cfg, Path(cfg.out_dir) / cfg.name)
+    return action, cfg.epochs - done
+
+
+def _existing_run(cfg: TrainConfig, path: Path) -> tuple[str, Run | None, int]:
+    """(the action of :data:`RUN_ACTIONS`, the run found when it is reused or resumed, its epochs done)."""
+    if not runs.holds_run(path):
+        return "train", None, 0
+    run = load_run(path) if (path / "config.json").is_file() else None
+    if (
+        run is None
+        or run.meta.get("format") != runs.FORMAT
+        or [k for k in cfg.differences(run.config) if k in runs.COMPARED_AT_RESUME]
+    ):
+        return "retrain", None, 0
+    done = int(runs.load_checkpoint(run.checkpoint)["epoch"]) if run.checkpoint.is_file() else 0
+    return ("reuse" if done == cfg.epochs else "resume"), run, done
+
+
 def _reuse_resume_or_train(cfg: TrainConfig, path: Path, callback: Callable[[dict], None] | None) -> Run:
-    if runs.holds_run(path):
-        run = load_run(path) if (path / "config.json").is_file() else None
-        same = (
-            run is not None
-            and run.meta.get("format") == runs.FORMAT
-            and not [k for k in cfg.differences(run.config) if k in runs.COMPARED_AT_RESUME]
-        )
-        if same and run is not None:
-            if run.checkpoint.is_file() and runs.load_checkpoint(run.checkpoint)["epoch"] == cfg.epochs:
-                return run
-            return load_run(train(cfg, resume=True, callback=callback))
+    action, run, _ = _existing_run(cfg, path)
+    if action == "reuse" and run is not None:
+        return run
+    if action == "resume":
+        return load_run(train(cfg, resume=True, callback=callback))
+    if action == "retrain":
         runs.remove_run(path)  # another configuration or format: start afresh
     return load_run(train(dataclasses.replace(cfg), callback=callback))

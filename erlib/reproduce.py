@@ -23,12 +23,15 @@ from pathlib import Path
 from erlib import claims as C
 from erlib import targets as T
 from erlib.fileio import atomic_write_text
-from erlib.presets import default_runs_dir, ensure_run, spec_config
+from erlib.presets import default_runs_dir, ensure_run, run_action, spec_config
 from erlib.runs import META, load_run
 
 __all__ = [
     "ClaimsResult",
+    "PlannedRun",
     "claim_configs",
+    "plan_runs",
+    "format_plan",
     "combine_seeds",
     "reproduce",
     "export_results",
@@ -73,6 +76,51 @@ def claim_configs(
     return [spec_config(preset, spec, runs_dir=runs_dir, seed=seed) for spec in C.required_runs(claim_ids)]
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run the claims need, and what :func:`reproduce` would do with it (:data:`erlib.presets.RUN_ACTIONS`)."""
+
+    seed: int
+    name: str
+    action: str
+    epochs_left: int
+    #: optimiser steps left: ``epochs_left`` times the steps of one epoch (``train_subset // batch_size``; 0 when the
+    #: run trains on the whole dataset, whose size is known only once it is loaded)
+    steps_left: int
+
+
+def plan_runs(
+    preset: str,
+    claim_ids: Iterable[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    runs_root: str | Path | None = None,
+) -> list[PlannedRun]:
+    """What ``reproduce(preset, claim_ids, seeds, runs_root=runs_root)`` would train, resume and reuse, seed by seed,
+    looking at the run folders only (nothing is trained or changed)."""
+    plan = []
+    for seed in seeds:
+        for cfg in claim_configs(preset, claim_ids, seed, seed_runs_dir(preset, seed, runs_root)):
+            action, epochs_left = run_action(cfg)
+            steps = epochs_left * (cfg.train_subset // cfg.batch_size)
+            plan.append(PlannedRun(seed, cfg.name, action, epochs_left, steps))
+    return plan
+
+
+def format_plan(plan: Sequence[PlannedRun]) -> str:
+    """The plan as a table (one line per run) and a total."""
+    lines = [f"{'seed':>4}  {'run':<40} {'action':<8} {'epochs':>6} {'steps':>7}"]
+    lines += [f"{p.seed:>4}  {p.name:<40} {p.action:<8} {p.epochs_left:>6} {p.steps_left or '':>7}" for p in plan]
+    count = {a: sum(p.action == a for p in plan) for a in ("train", "resume", "retrain", "reuse")}
+    what = {"train": "to train", "resume": "to resume", "retrain": "to train afresh (another configuration)"}
+    todo = ", ".join(f"{count[a]} {w}" for a, w in what.items() if count[a]) or "nothing to train"
+    epochs, steps = sum(p.epochs_left for p in plan), sum(p.steps_left for p in plan)
+    lines.append(
+        f"{len(plan)} runs: {todo}, {count['reuse']} finished (reused)"
+        + (f"; {epochs} epochs ({steps:,} optimiser steps) to train" if epochs else "")
+    )
+    return "\n".join(lines)
+
+
 def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
     """One verdict per claim over the seeds: PASS if every seed passes, FAIL if every seed fails, else INCONCLUSIVE
     with the counts; the sentence and numbers are the first seed's."""
@@ -100,6 +148,16 @@ def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
     return out
 
 
+def _progress_note(seconds: float, epochs: int, epochs_left: int, train_seconds: float, epochs_trained: int) -> str:
+    """``"2.4 min"`` for a trained run (``"reused"`` for a finished one), then the time left at the pace so far."""
+    note = f"{seconds / 60:.1f} min" if epochs else "reused"
+    if epochs_left and epochs_trained:
+        note += (
+            f"; about {epochs_left * train_seconds / epochs_trained / 60:.0f} min left ({epochs_left} epochs to train)"
+        )
+    return note
+
+
 def reproduce(
     preset: str,
     claim_ids: Iterable[str] | None = None,
@@ -114,6 +172,9 @@ def reproduce(
     ids = list(claim_ids) if claim_ids is not None else list(C.CLAIMS)
     start = time.perf_counter()
     per_seed, run_minutes, targets = {}, {}, {}
+    # for the time left: the epochs still to train (from the folders, before any training) and the pace so far
+    epochs_left = sum(p.epochs_left for p in plan_runs(preset, ids, seeds, runs_root)) if train else 0
+    epochs_trained, train_seconds = 0, 0.0
     for seed in seeds:
         runs_dir = seed_runs_dir(preset, seed, runs_root)
         configs = claim_configs(preset, ids, seed, runs_dir)
@@ -122,11 +183,17 @@ def reproduce(
                 t0 = time.perf_counter()
                 if progress:
                     print(f"[seed {seed}, {i}/{len(configs)}] {cfg.name} ...", end=" ", file=sys.stderr, flush=True)
+                epochs = run_action(cfg)[1]
                 ensure_run(cfg.__class__(**{**cfg.to_dict(), "progress": False}))
-                minutes = (time.perf_counter() - t0) / 60
-                run_minutes[f"seed{seed}/{cfg.name}"] = round(minutes, 2)
+                seconds = time.perf_counter() - t0
+                run_minutes[f"seed{seed}/{cfg.name}"] = round(seconds / 60, 2)
+                epochs_trained, train_seconds, epochs_left = (
+                    epochs_trained + epochs,
+                    train_seconds + seconds,
+                    max(0, epochs_left - epochs),
+                )
                 if progress:
-                    print(f"{minutes:.1f} min", file=sys.stderr, flush=True)
+                    print(_progress_note(seconds, epochs, epochs_left, train_seconds, epochs_trained), file=sys.stderr)
         per_seed[seed] = C.decide_all(runs_dir, ids)
         targets[seed] = T.check_runs_dir(runs_dir)
     result = ClaimsResult(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from erlib import presets, runs
-from erlib.presets import ensure_run, preset_config, preset_data
+from erlib.presets import ensure_run, preset_config, preset_data, run_action
 from erlib.runs import load_run
 
 
@@ -65,10 +65,14 @@ def _micro(tmp_path, **overrides):
 
 def test_ensure_run_reuses_a_finished_run_and_replaces_another_configuration(tmp_path):
     cfg = _micro(tmp_path)
+    assert run_action(cfg) == ("train", 1)  # an empty folder
     first = ensure_run(cfg)
     stamp = (first.path / "metrics.jsonl").stat().st_mtime_ns
+    assert run_action(cfg) == ("reuse", 0)
     again = ensure_run(cfg)
     assert (again.path / "metrics.jsonl").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert run_action(_micro(tmp_path, lr=0.2)) == ("retrain", 1)
+    assert (first.path / "metrics.jsonl").stat().st_mtime_ns == stamp  # looking changes nothing
     changed = ensure_run(_micro(tmp_path, lr=0.2))
     assert changed.path == first.path and changed.config["lr"] == 0.2
     assert [r["epoch"] for r in changed.epoch_records()] == [0, 1]
@@ -80,6 +84,7 @@ def test_ensure_run_retrains_a_run_of_an_older_format(tmp_path):
     meta = json.loads((run.path / "meta.json").read_text())
     meta["format"] = runs.FORMAT - 1
     (run.path / "meta.json").write_text(json.dumps(meta))
+    assert run_action(cfg) == ("retrain", 1)
     assert load_run(ensure_run(cfg).path).meta["format"] == runs.FORMAT
 
 
@@ -94,6 +99,7 @@ def test_ensure_run_resumes_an_interrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, callback=stop_during_the_second_epoch)
     assert runs.load_checkpoint(tmp_path / cfg.name / runs.CHECKPOINT)["epoch"] == 1
+    assert run_action(cfg) == ("resume", 1)  # one epoch of two left
     run = ensure_run(cfg)
     assert [r["epoch"] for r in run.epoch_records()] == [0, 1, 2]
     assert [r["step"] for r in run.train_records()] == [1, 2, 3, 4]

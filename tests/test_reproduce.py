@@ -240,3 +240,35 @@ def test_a_seeds_runs_are_under_the_given_root_or_in_the_notebooks_folders(tmp_p
     assert seed_runs_dir("small", 2, tmp_path) == tmp_path / "seed2"
     assert seed_runs_dir("small", 0) == Path(default_runs_dir("small", 0)) == Path("runs/notebook-runs/small")
     assert seed_runs_dir("small", 1, None) == Path("runs/notebook-runs/small-seed1")
+
+
+def test_cli_plan_lists_what_claims_would_train_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from erlib.__main__ import main
+    from erlib.reproduce import claim_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["claims", "--preset", "small", "--only", "C3,C7", "--seeds", "0,2", "--plan", "--runs-dir", "r"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [cfg.name for cfg in claim_configs("small", ["C3", "C7"], 0)]
+    rows = [line.split() for line in out[1:-1]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(s, n, "train") for s in ("0", "2") for n in names]
+    epochs = [int(r[3]) for r in rows]
+    steps = [int(r[4].replace(",", "")) for r in rows]
+    cfg = claim_configs("small", ["C3", "C7"], 0)[0]
+    assert set(epochs) == {cfg.epochs} and set(steps) == {cfg.epochs * (cfg.train_subset // cfg.batch_size)}
+    n = 2 * len(names)
+    total = f"{sum(epochs)} epochs ({sum(steps):,} optimiser steps) to train"
+    assert out[-1] == f"{n} runs: {n} to train, 0 finished (reused); {total}"
+    assert list(tmp_path.iterdir()) == []  # nothing trained, no report, no runs folder
+    with pytest.raises(ValueError, match="--plan only lists the runs"):
+        main(["claims", "--preset", "small", "--plan", "--export", "set", "--debug"])
+
+
+def test_progress_note_gives_the_time_left_at_the_pace_so_far():
+    from erlib.reproduce import _progress_note
+
+    # 20 epochs trained in 240 s: 12 s an epoch, so 30 epochs left take 6 minutes
+    assert _progress_note(120.0, 10, 30, 240.0, 20) == "2.0 min; about 6 min left (30 epochs to train)"
+    assert _progress_note(0.2, 0, 30, 240.0, 20) == "reused; about 6 min left (30 epochs to train)"
+    assert _progress_note(0.2, 0, 30, 0.2, 0) == "reused"  # nothing trained yet: no pace to go by
+    assert _progress_note(90.0, 10, 0, 90.0, 10) == "1.5 min"  # the last run
