@@ -160,12 +160,14 @@ def _claims(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     if not seeds or any(s < 0 for s in seeds):
         raise ValueError(f"--seeds expects comma-separated integers >= 0, got {args.seeds!r}")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds names a seed twice ({args.seeds!r}); name each seed once")
     extras = check_extra_roles(args.extra_role)  # a bad folder name is refused before any training
     if extras and not args.export:
         raise ValueError("--extra-role names run folders to export: give --export DIR too")
     if args.plan:
-        if args.no_train or args.export:
-            raise ValueError("--plan only lists the runs; drop --no-train and --export, or drop --plan")
+        if args.no_train or args.export or args.out:
+            raise ValueError("--plan only lists the runs and writes nothing; drop --no-train, --out and --export")
         print(format_plan(plan_runs(args.preset, ids, seeds, args.runs_dir or None)))
         return 0
     out = Path(args.out or f"runs/claims/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -312,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument(
         "--plan",
         action="store_true",
-        help="list the runs the claims need and what a run of this command would do with each (reuse, resume, "
-        "train), with the epochs and optimiser steps to train; then stop, having trained and written nothing",
+        help="list the runs the claims need and what this command would do with each (reuse a finished run, resume "
+        "an interrupted one, train, or train afresh over another configuration), with the epochs and optimiser steps "
+        "left; then stop, having trained and written nothing",
     )
     cl.add_argument(
         "--runs-dir",

@@ -32,6 +32,7 @@ __all__ = [
     "claim_configs",
     "plan_runs",
     "format_plan",
+    "PLAN_WORDS",
     "combine_seeds",
     "reproduce",
     "export_results",
@@ -84,9 +85,17 @@ class PlannedRun:
     name: str
     action: str
     epochs_left: int
-    #: optimiser steps left: ``epochs_left`` times the steps of one epoch (``train_subset // batch_size``; 0 when the
-    #: run trains on the whole dataset, whose size is known only once it is loaded)
-    steps_left: int
+    #: optimiser steps left: ``epochs_left`` times the steps of one epoch (``train_subset // batch_size``); ``None``
+    #: when the run trains on a whole dataset (the ``full`` preset, the synthetic stand-in), known only once loaded
+    steps_left: int | None
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if not seeds or repeated:
+        raise ValueError(f"seeds {seeds} name seed {repeated[0]} twice" if repeated else "no seeds given: name one")
+    return seeds
 
 
 def plan_runs(
@@ -98,27 +107,39 @@ def plan_runs(
     """What ``reproduce(preset, claim_ids, seeds, runs_root=runs_root)`` would train, resume and reuse, seed by seed,
     looking at the run folders only (nothing is trained or changed)."""
     plan = []
-    for seed in seeds:
+    for seed in _check_seeds(seeds):
         for cfg in claim_configs(preset, claim_ids, seed, seed_runs_dir(preset, seed, runs_root)):
             action, epochs_left = run_action(cfg)
-            steps = epochs_left * (cfg.train_subset // cfg.batch_size)
+            steps = epochs_left * (cfg.train_subset // cfg.batch_size) if cfg.train_subset else None
             plan.append(PlannedRun(seed, cfg.name, action, epochs_left, steps))
     return plan
 
 
+#: how :func:`format_plan` words each action
+PLAN_WORDS = {
+    "train": "to train",
+    "resume": "to resume",
+    "retrain": "to train afresh (their folders hold another configuration or record format)",
+}
+
+
 def format_plan(plan: Sequence[PlannedRun]) -> str:
-    """The plan as a table (one line per run) and a total."""
-    lines = [f"{'seed':>4}  {'run':<40} {'action':<8} {'epochs':>6} {'steps':>7}"]
-    lines += [f"{p.seed:>4}  {p.name:<40} {p.action:<8} {p.epochs_left:>6} {p.steps_left or '':>7}" for p in plan]
-    count = {a: sum(p.action == a for p in plan) for a in ("train", "resume", "retrain", "reuse")}
-    what = {"train": "to train", "resume": "to resume", "retrain": "to train afresh (another configuration)"}
-    todo = ", ".join(f"{count[a]} {w}" for a, w in what.items() if count[a]) or "nothing to train"
-    epochs, steps = sum(p.epochs_left for p in plan), sum(p.steps_left for p in plan)
-    lines.append(
-        f"{len(plan)} runs: {todo}, {count['reuse']} finished (reused)"
-        + (f"; {epochs} epochs ({steps:,} optimiser steps) to train" if epochs else "")
-    )
-    return "\n".join(lines)
+    """The plan as a table (one line per run; steps "?" where the data decide them) and a total."""
+    width = max([len("run"), *(len(p.name) for p in plan)])
+    lines = [f"{'seed':>4}  {'run':<{width}}  {'action':<8} {'epochs':>6} {'steps':>7}"]
+    lines += [
+        f"{p.seed:>4}  {p.name:<{width}}  {p.action:<8} {p.epochs_left:>6} "
+        + f"{'?' if p.steps_left is None else format(p.steps_left, ','):>7}"
+        for p in plan
+    ]
+    count = {a: sum(p.action == a for p in plan) for a in (*PLAN_WORDS, "reuse")}
+    todo = ", ".join(f"{count[a]} {w}" for a, w in PLAN_WORDS.items() if count[a]) or "nothing to train"
+    epochs = sum(p.epochs_left for p in plan)
+    steps = [p.steps_left for p in plan if p.epochs_left]
+    total = f"; {epochs} epochs to train" if epochs else ""
+    if epochs and None not in steps:
+        total += f" ({sum(s or 0 for s in steps):,} optimiser steps)"
+    return "\n".join([*lines, f"{len(plan)} runs: {todo}, {count['reuse']} finished (reused){total}"])
 
 
 def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
@@ -149,12 +170,14 @@ def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
 
 
 def _progress_note(seconds: float, epochs: int, epochs_left: int, train_seconds: float, epochs_trained: int) -> str:
-    """``"2.4 min"`` for a trained run (``"reused"`` for a finished one), then the time left at the pace so far."""
+    """``"2.4 min"`` for a trained run (``"reused"`` for a finished one), then the time left at the pace so far: the
+    seconds per epoch trained so far times the epochs left (rough where runs differ in cost per epoch; a batch-32 run
+    takes about 1.5 times as long as a batch-128 one of the same epochs)."""
     note = f"{seconds / 60:.1f} min" if epochs else "reused"
     if epochs_left and epochs_trained:
-        note += (
-            f"; about {epochs_left * train_seconds / epochs_trained / 60:.0f} min left ({epochs_left} epochs to train)"
-        )
+        minutes = epochs_left * train_seconds / epochs_trained / 60
+        left = f"about {minutes:.0f} min" if minutes >= 1 else "under a minute"
+        note += f"; {left} left ({epochs_left} epoch{'s' * (epochs_left > 1)} to train)"
     return note
 
 
@@ -170,10 +193,11 @@ def reproduce(
     """Train (``train=True``, reusing finished runs) what the claims need for each seed, decide them, and write the
     report (report.md, report.json, figures) into ``out_dir`` when given."""
     ids = list(claim_ids) if claim_ids is not None else list(C.CLAIMS)
+    seeds = _check_seeds(seeds)
     start = time.perf_counter()
     per_seed, run_minutes, targets = {}, {}, {}
     # for the time left: the epochs still to train (from the folders, before any training) and the pace so far
-    epochs_left = sum(p.epochs_left for p in plan_runs(preset, ids, seeds, runs_root)) if train else 0
+    epochs_left = sum(p.epochs_left for p in plan_runs(preset, ids, seeds, runs_root)) if train and progress else 0
     epochs_trained, train_seconds = 0, 0.0
     for seed in seeds:
         runs_dir = seed_runs_dir(preset, seed, runs_root)
@@ -183,7 +207,7 @@ def reproduce(
                 t0 = time.perf_counter()
                 if progress:
                     print(f"[seed {seed}, {i}/{len(configs)}] {cfg.name} ...", end=" ", file=sys.stderr, flush=True)
-                epochs = run_action(cfg)[1]
+                epochs = run_action(cfg)[1] if progress else 0
                 ensure_run(cfg.__class__(**{**cfg.to_dict(), "progress": False}))
                 seconds = time.perf_counter() - t0
                 run_minutes[f"seed{seed}/{cfg.name}"] = round(seconds / 60, 2)

@@ -176,7 +176,13 @@ def test_real_probe_with_bf16_as_a_candidate_times_all_four_paths():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def _has_mallinfo2() -> bool:
+    import ctypes
+
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallinfo2")
+
+
+@pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2) on Linux")
 def test_allocator_tuning_serves_large_tensors_from_the_heap_and_keeps_them():
     """glibc's own accounting (``mallinfo2``), not the kernel's page-fault counter (which some sandboxes leave at 0):
     by default a process's first 16 MB blocks are mmaps of their own, unmapped when freed (so their pages fault in

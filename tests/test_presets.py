@@ -88,6 +88,17 @@ def test_ensure_run_retrains_a_run_of_an_older_format(tmp_path):
     assert load_run(ensure_run(cfg).path).meta["format"] == runs.FORMAT
 
 
+def test_run_action_resumes_a_folder_without_checkpoint_and_retrains_one_without_config(tmp_path):
+    cfg = _micro(tmp_path, epochs=2)
+    run = ensure_run(cfg)
+    run.checkpoint.unlink()  # as a run stopped during its first epoch leaves it
+    assert run_action(cfg) == ("resume", 2)
+    (run.path / "config.json").unlink()
+    assert run_action(cfg) == ("retrain", 2)
+    ensure_run(cfg)
+    assert (run.path / "config.json").is_file() and run_action(cfg) == ("reuse", 0)
+
+
 def test_ensure_run_resumes_an_interrupted_run(tmp_path):
     cfg = _micro(tmp_path, epochs=2)
     from erlib.train import train

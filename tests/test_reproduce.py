@@ -243,25 +243,64 @@ def test_a_seeds_runs_are_under_the_given_root_or_in_the_notebooks_folders(tmp_p
 
 
 def test_cli_plan_lists_what_claims_would_train_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import shutil
+    from pathlib import Path
+
     from erlib.__main__ import main
     from erlib.reproduce import claim_configs
 
     monkeypatch.chdir(tmp_path)
-    assert main(["claims", "--preset", "small", "--only", "C3,C7", "--seeds", "0,2", "--plan", "--runs-dir", "r"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    # seed 2's C3 runs: one folder holds the committed run (its config, no checkpoint: resumed from its start), one
+    # the same run with another learning rate (trained afresh)
+    committed = Path(__file__).resolve().parent.parent / "results" / "cpu-small-3seeds-2026-12-03" / "seed2"
     names = [cfg.name for cfg in claim_configs("small", ["C3", "C7"], 0)]
+    for name in names[:2]:
+        shutil.copytree(committed / name, tmp_path / "r" / "seed2" / name)
+    other = tmp_path / "r" / "seed2" / names[1] / "config.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "lr": 0.5}))
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+    argv = ["claims", "--preset", "small", "--only", "C3,C7", "--seeds", "0,2", "--plan", "--runs-dir", "r"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in out[1:-1]]
-    assert [(r[0], r[1], r[2]) for r in rows] == [(s, n, "train") for s in ("0", "2") for n in names]
-    epochs = [int(r[3]) for r in rows]
-    steps = [int(r[4].replace(",", "")) for r in rows]
+    actions = {("2", names[0]): "resume", ("2", names[1]): "retrain"}
+    assert [r[:3] for r in rows] == [[s, n, actions.get((s, n), "train")] for s in ("0", "2") for n in names]
     cfg = claim_configs("small", ["C3", "C7"], 0)[0]
-    assert set(epochs) == {cfg.epochs} and set(steps) == {cfg.epochs * (cfg.train_subset // cfg.batch_size)}
-    n = 2 * len(names)
-    total = f"{sum(epochs)} epochs ({sum(steps):,} optimiser steps) to train"
-    assert out[-1] == f"{n} runs: {n} to train, 0 finished (reused); {total}"
-    assert list(tmp_path.iterdir()) == []  # nothing trained, no report, no runs folder
-    with pytest.raises(ValueError, match="--plan only lists the runs"):
-        main(["claims", "--preset", "small", "--plan", "--export", "set", "--debug"])
+    steps = f"{cfg.epochs * (cfg.train_subset // cfg.batch_size):,}" if cfg.train_subset else "?"  # ? on synthetic data
+    assert {(r[3], r[4]) for r in rows} == {(str(cfg.epochs), steps)}
+    n, epochs = 2 * len(names), 2 * len(names) * cfg.epochs
+    counts = f"{n - 2} to train, 1 to resume, 1 to train afresh"
+    assert out[-1].startswith(f"{n} runs: {counts}") and f"0 finished (reused); {epochs} epochs to train" in out[-1]
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing trained or written
+
+    for extra, message in (
+        (["--export", "set"], "--plan only lists the runs"),
+        (["--out", "report"], "--plan only lists the runs"),
+        (["--no-train"], "--plan only lists the runs"),
+        (["--seeds", "0,1,0"], "names a seed twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            main(["claims", "--preset", "small", "--plan", "--debug", *extra])
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_claims_progress_counts_down_the_epochs_of_the_runs_it_trains(tmp_path, capsys, monkeypatch):
+    import erlib.reproduce as R
+
+    trained = []
+    monkeypatch.setattr(R, "ensure_run", lambda cfg: trained.append(cfg.name))  # a stand-in that trains instantly
+    R.reproduce("small", ["C3"], seeds=[0, 1], runs_root=tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[seed")]
+    configs = R.claim_configs("small", ["C3"], 0)
+    n, per_run = 2 * len(configs), configs[0].epochs
+    assert len(lines) == len(trained) == n and n >= 4
+    for i, line in enumerate(lines[:-1], 1):  # the epochs left fall by one run's epochs at each run
+        assert line.endswith(f" left ({(n - i) * per_run} epochs to train)"), line
+    assert lines[-1].endswith(" min")  # the last run: nothing left
+    with pytest.raises(ValueError, match="name seed 1 twice"):
+        R.reproduce("small", ["C3"], seeds=[1, 0, 1], runs_root=tmp_path)
+    assert len(trained) == n  # refused before any run
 
 
 def test_progress_note_gives_the_time_left_at_the_pace_so_far():
@@ -270,5 +309,6 @@ def test_progress_note_gives_the_time_left_at_the_pace_so_far():
     # 20 epochs trained in 240 s: 12 s an epoch, so 30 epochs left take 6 minutes
     assert _progress_note(120.0, 10, 30, 240.0, 20) == "2.0 min; about 6 min left (30 epochs to train)"
     assert _progress_note(0.2, 0, 30, 240.0, 20) == "reused; about 6 min left (30 epochs to train)"
+    assert _progress_note(6.0, 1, 1, 6.0, 1) == "0.1 min; under a minute left (1 epoch to train)"
     assert _progress_note(0.2, 0, 30, 0.2, 0) == "reused"  # nothing trained yet: no pace to go by
     assert _progress_note(90.0, 10, 0, 90.0, 10) == "1.5 min"  # the last run
