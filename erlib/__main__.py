@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 from typing import Any
@@ -366,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         return args.func(args)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # so that a reader who left (``| head``) shows here, not at exit
+        return code
+    except BrokenPipeError:  # the reader of the output left: nothing to report, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except USER_ERRORS as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

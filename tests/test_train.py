@@ -258,6 +258,15 @@ def test_cli_rejects_bad_flag_value(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_cli_stops_quietly_when_the_reader_of_its_output_leaves():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "erlib", "methods"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # as `| head` does once it has read enough; here before a line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == ""  # 128 + SIGPIPE, and no traceback or "error:" line
+
+
 DDP_ARGS = [
     "train",
     "--dataset",
