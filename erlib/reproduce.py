@@ -172,7 +172,7 @@ def combine_seeds(per_seed: dict[int, list[C.Verdict]]) -> list[C.Verdict]:
 def _progress_note(seconds: float, epochs: int, epochs_left: int, train_seconds: float, epochs_trained: int) -> str:
     """``"2.4 min"`` for a trained run (``"reused"`` for a finished one), then the time left at the pace so far: the
     seconds per epoch trained so far times the epochs left (rough where runs differ in cost per epoch; a batch-32 run
-    takes about 1.5 times as long as a batch-128 one of the same epochs)."""
+    takes 1.1 to 1.5 times as long as a batch-128 one of the same epochs)."""
     note = f"{seconds / 60:.1f} min" if epochs else "reused"
     if epochs_left and epochs_trained:
         minutes = epochs_left * train_seconds / epochs_trained / 60
