@@ -23,7 +23,7 @@ from pathlib import Path
 from erlib import claims as C
 from erlib import targets as T
 from erlib.fileio import atomic_write_text
-from erlib.presets import default_runs_dir, ensure_run, run_action, spec_config
+from erlib.presets import RUN_ACTIONS, default_runs_dir, ensure_run, run_action, spec_config
 from erlib.runs import META, load_run
 
 __all__ = [
@@ -132,7 +132,7 @@ def format_plan(plan: Sequence[PlannedRun]) -> str:
         + f"{'?' if p.steps_left is None else format(p.steps_left, ','):>7}"
         for p in plan
     ]
-    count = {a: sum(p.action == a for p in plan) for a in (*PLAN_WORDS, "reuse")}
+    count = {a: sum(p.action == a for p in plan) for a in RUN_ACTIONS}
     todo = ", ".join(f"{count[a]} {w}" for a, w in PLAN_WORDS.items() if count[a]) or "nothing to train"
     epochs = sum(p.epochs_left for p in plan)
     steps = [p.steps_left for p in plan if p.epochs_left]
@@ -196,9 +196,14 @@ def reproduce(
     seeds = _check_seeds(seeds)
     start = time.perf_counter()
     per_seed, run_minutes, targets = {}, {}, {}
-    # for the time left: the epochs still to train (from the folders, before any training) and the pace so far
-    epochs_left = sum(p.epochs_left for p in plan_runs(preset, ids, seeds, runs_root)) if train and progress else 0
-    epochs_trained, train_seconds = 0, 0.0
+    # for the time left: each run's epochs still to train (read from the folders once, before any training) and the
+    # pace so far
+    plan = (
+        {(p.seed, p.name): p.epochs_left for p in plan_runs(preset, ids, seeds, runs_root)}
+        if train and progress
+        else {}
+    )
+    epochs_left, epochs_trained, train_seconds = sum(plan.values()), 0, 0.0
     for seed in seeds:
         runs_dir = seed_runs_dir(preset, seed, runs_root)
         configs = claim_configs(preset, ids, seed, runs_dir)
@@ -207,7 +212,7 @@ def reproduce(
                 t0 = time.perf_counter()
                 if progress:
                     print(f"[seed {seed}, {i}/{len(configs)}] {cfg.name} ...", end=" ", file=sys.stderr, flush=True)
-                epochs = run_action(cfg)[1] if progress else 0
+                epochs = plan.get((seed, cfg.name), 0)
                 ensure_run(cfg.__class__(**{**cfg.to_dict(), "progress": False}))
                 seconds = time.perf_counter() - t0
                 run_minutes[f"seed{seed}/{cfg.name}"] = round(seconds / 60, 2)
